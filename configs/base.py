@@ -1,0 +1,150 @@
+"""Every ncl_jax config field, with its default and a one-line meaning.
+
+Dataset files (`cifar100_lt.py`, ...) start from `get_base_config()` and change only what
+differs. Variant presets (`paper` / `official`) are applied with `apply_variant`, so that the
+two readings of NCL are consistent sets of named fields (design.md section 4).
+
+Durations are in epochs; steps are derived in one place (`ncl_jax.config_utils`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("paper", "official")
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.variant = "paper"  # preset applied by apply_variant: "paper" (Eqs. 2-12) or "official"
+    c.seed = 42  # root PRNG seed: init, anchor draws, augmentation streams
+    c.batch_size = 64  # GLOBAL training batch over all devices and hosts
+    c.eval_batch_size = 256  # GLOBAL evaluation batch (padded with a mask at the end)
+    c.num_epochs = 400  # training length in epochs
+    c.steps_per_epoch = -1  # -1: len(train subset) // batch_size (drop remainder); >0 caps it
+
+    # ---------------------------------------------------------------- data
+    c.dataset = d = ml_collections.ConfigDict()
+    d.source = "tfds"  # "tfds" | "split_list" (one "path label" per line) | "image_folder"
+    d.name = "cifar100"  # TFDS builder name (cifar10, cifar100, cifar10_jpeg, imagenet2012,
+    #                      places365_small, i_naturalist2018); a free label for other sources
+    d.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $TFDS_DATA_DIR
+    d.download = False  # let TFDS download/prepare a missing dataset
+    d.train_split = "train"  # TFDS split holding the (balanced or long-tailed) training set
+    d.eval_split = "test"  # TFDS split used for per-epoch evaluation and model selection
+    d.num_classes = 100  # number of classes C
+    d.imbalance_factor = 100.0  # CIFAR-LT profile n_max/n_min; 0 keeps the split as it is
+    d.subset_seed = 0  # numpy seed of the LDAM/PaCo per-class shuffle (0 = their subset)
+    d.train_list = ""  # split_list: file of "relative/path label" lines (ImageNet-LT style);
+    #                    tfds: optional list of file names that filters the TFDS split
+    d.eval_list = ""  # same, for evaluation
+    d.image_root = ""  # split_list / image_folder: root directory of the images
+    d.image_size = 32  # training crop size (CIFAR 32, others 224)
+    d.train_view = "cifar_randaugment"  # classification view (see ncl_jax.data.augment.VIEWS)
+    d.key_view = "moco_cifar"  # MoCo key view, used only when moco.enabled
+    d.eval_view = "cifar_test"  # evaluation transform
+    d.normalization = "cifar"  # per-dataset mean/std: "cifar" | "imagenet" | "inat"
+    d.eval_max_examples = -1  # >0 evaluates only the first N examples (smoke tests)
+    d.cache = True  # keep decoded training images in memory (small datasets)
+    d.shuffle_buffer = 16_384  # streamed (large) datasets only: shuffle buffer size
+    d.prefetch = 2  # batches prefetched on host and to devices
+    d.num_parallel_calls = -1  # tf.data parallelism for decode/augment (-1 = AUTOTUNE)
+
+    # ---------------------------------------------------------------- model
+    c.model = m = ml_collections.ConfigDict()
+    m.backbone = "resnet32_cifar"  # resnet32_cifar | resnet50 | resnet152 | resnext50_32x4d
+    m.num_experts = 3  # K experts (complete, independent networks)
+    m.depth = -1  # -1: the backbone's own depth; ResNet-CIFAR: blocks per stage (5 = ResNet-32)
+    m.width = -1  # -1: the backbone's own base width (CIFAR 16, ImageNet 64); tests use tiny
+    m.classifier = "linear"  # "linear" (CIFAR) | "cosine" (ImageNet-LT, iNat, Places)
+    m.cos_scale = 16.0  # fixed scale s of the cosine classifier (iNat 32)
+    m.pretrained_path = ""  # local .npz of converted torchvision weights (Places ResNet-152)
+    m.expert_strategy = "auto"  # how stacked experts are applied: auto | vmap | loop | grouped
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    # ---------------------------------------------------------------- loss
+    c.loss = lo = ml_collections.ConfigDict()
+    lo.hard_ratio = 0.3  # beta = C_hard / C (paper); num_hard = round(beta * C) negatives
+    lo.num_hard = -1  # >0 overrides hard_ratio: number of hard NEGATIVE classes
+    lo.distill_weight = 0.6  # lambda on NBOD-all
+    lo.hard_distill_weight = 0.6  # lambda on NBOD-hard
+    lo.hard_probs = "restricted"  # "restricted" softmax over Psi (Eq. 4) | "masked_logits"
+    lo.nil_hard_set = "per_expert"  # NIL-hard set: "per_expert" (Eq. 3) | "anchor" (shared)
+    lo.anchor = "random"  # anchor expert mining the shared hard set: "random" per step | "first"
+    lo.distill_norm = "pairs"  # NBOD normaliser: "pairs" 1/(K(K-1)) | "experts" 1/(K-1)
+    lo.distill_log_eps = 0.0  # student log(p + eps); official 1e-9, paper exact log-softmax
+    lo.teacher_stop_gradient = False  # stop gradients through the KL target (DML-style)
+
+    # ---------------------------------------------------------------- self-supervision
+    c.moco = mc = ml_collections.ConfigDict()
+    mc.enabled = True  # Eq. 11 contrastive term with per-expert key encoders and queues
+    mc.weight = 1.0  # weight of L_con
+    mc.dim = 64  # projection dimension D
+    mc.queue_size = 1024  # N keys per expert queue; must be a multiple of batch_size
+    mc.temperature = 0.2  # tau
+    mc.momentum = 0.999  # EMA momentum m of the key encoder
+    mc.ema_repeats = 1  # EMA applications per step (official: K, i.e. m**K per step)
+    mc.key_init = "copy"  # key encoder init: "copy" of the query encoder | "independent"
+    mc.ema_projector = True  # EMA the key projection MLP too (official: frozen random MLP)
+    mc.ema_before_keys = True  # update EMA before computing keys (MoCo) | after (official)
+
+    # ---------------------------------------------------------------- optimisation
+    c.optim = o = ml_collections.ConfigDict()
+    o.learning_rate = 0.1  # base learning rate (no scaling with batch size, as official)
+    o.momentum = 0.9  # SGD momentum
+    o.nesterov = True  # Nesterov momentum
+    o.weight_decay = 2e-4  # coupled L2 on every trainable parameter (BN and biases included)
+    o.schedule = "warmup_multistep"  # "warmup_multistep" | "cosine" (stepped once per epoch)
+    o.warmup_epochs = 5  # linear warm-up from warmup_factor*lr over these epochs
+    o.warmup_factor = 1.0 / 3.0  # starting factor of the warm-up
+    o.milestones = (320, 360)  # epochs at which lr is multiplied by decay_factor
+    o.decay_factor = 0.1  # multi-step decay factor
+    o.cosine_min_lr = 1e-4  # floor of the per-epoch cosine schedule
+    c.sync_batch_stats = True  # BatchNorm statistics over the whole global batch (SyncBN)
+
+    # ---------------------------------------------------------------- evaluation / logging
+    c.eval_every_epochs = 1  # evaluate on dataset.eval_split every N epochs
+    c.group_rule = "official"  # many/medium/few thresholds: official (>=100/<=20) | paper (>100/<20)
+    c.log_every_steps = 50  # training metrics / progress interval
+    c.checkpoint_every_epochs = 10  # periodic checkpoint interval (also at the end, on SIGTERM)
+    c.keep_checkpoints = 2  # periodic checkpoints kept (best_* and final are kept separately)
+    return c
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """Sets every field that differs between the paper and the official code (design.md s.4)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is unknown; use one of {VARIANTS}.")
+    config.variant = variant
+    paper = variant == "paper"
+    lo = config.loss
+    if not paper and lo.num_hard <= 0:
+        # The official HCM_N counts the ground truth: HCM_N = int(beta * C) -> num_hard = HCM_N - 1.
+        lo.num_hard = max(1, int(lo.hard_ratio * config.dataset.num_classes) - 1)
+    lo.hard_probs = "restricted" if paper else "masked_logits"
+    lo.nil_hard_set = "per_expert" if paper else "anchor"
+    lo.anchor = "random" if paper else "first"
+    lo.distill_norm = "pairs" if paper else "experts"
+    lo.distill_log_eps = 0.0 if paper else 1e-9
+    lo.teacher_stop_gradient = False
+    mc = config.moco
+    mc.ema_repeats = 1 if paper else config.model.num_experts
+    mc.key_init = "copy" if paper else "independent"
+    mc.ema_projector = paper
+    mc.ema_before_keys = paper
+    config.group_rule = "paper" if paper else "official"
+    return config
+
+
+def parse_args(arg: str | None) -> dict[str, str]:
+    """Parses a config arg such as "if50,official" into {"if": "50", "variant": "official"}."""
+    out: dict[str, str] = {}
+    for token in filter(None, (arg or "").replace(":", ",").split(",")):
+        if token in VARIANTS:
+            out["variant"] = token
+        elif token.startswith("if") and token[2:].replace(".", "", 1).isdigit():
+            out["if"] = token[2:]
+        else:
+            out.setdefault("flags", "")
+            out["flags"] += ("," if out["flags"] else "") + token
+    return out

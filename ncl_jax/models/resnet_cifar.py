@@ -1,0 +1,71 @@
+"""ResNet-32 for CIFAR exactly as the official NCL backbone (`res32_cifar`).
+
+3 stages of basic blocks (16/32/64 channels), option-A shortcuts (stride-2 subsampling plus
+zero channel padding, no projection convs), bias-free convs with kaiming-normal fan-in init,
+global average pooling to a 64-d feature. 463,504 parameters with the defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ncl_jax.models.init import kaiming_normal_fan_in
+
+
+def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str | None = None):
+    """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5); `axis_name`
+    synchronises batch statistics across devices (SyncBN)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        axis_name=axis_name if train else None, dtype=dtype, name=name)
+
+
+class BasicBlockA(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN + option-A shortcut, then ReLU."""
+
+    planes: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = lambda s, name: nn.Conv(self.planes, (3, 3), (s, s), padding=((1, 1), (1, 1)),
+                                       use_bias=False, kernel_init=kaiming_normal_fan_in,
+                                       dtype=self.dtype, name=name)
+        y = conv(self.stride, "conv1")(x)
+        y = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(y))
+        y = conv(1, "conv2")(y)
+        y = batch_norm(train, self.bn_axis_name, self.dtype, "bn2")(y)
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.planes:
+            pad = self.planes // 4  # option A: subsample, then zero-pad planes//4 on each side
+            shortcut = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
+        return nn.relu(y + shortcut)
+
+
+class ResNetCifar(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs; `blocks_per_stage=5` is ResNet-32."""
+
+    blocks_per_stage: int = 5
+    width: int = 16
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.width
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                    kernel_init=kaiming_normal_fan_in, dtype=self.dtype, name="conv1")(x)
+        x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(x))
+        for stage, mult in enumerate((1, 2, 4)):
+            for block in range(self.blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlockA(self.width * mult, stride, self.dtype, self.bn_axis_name,
+                                name=f"stage{stage + 1}_block{block + 1}")(x, train)
+        return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,79 @@
+"""The training state: one pytree holding everything a step reads and writes.
+
+Experts are stacked (leading axis K on every params / batch_stats leaf). The key encoders of
+the self-supervision branch (EMA of the query experts) live here too, with their own BatchNorm
+statistics, plus one queue of normalised keys per expert.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from ncl_jax.models import Expert, init_stacked
+from ncl_jax.models.experts import num_experts_of
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array  # int32 scalar: optimiser steps taken
+    params: Any  # stacked expert parameters [K, ...]
+    batch_stats: Any  # stacked BatchNorm running statistics [K, ...]
+    opt_state: optax.OptState
+    ema_params: Any  # key encoders (MoCo), stacked; None when self-supervision is off
+    ema_batch_stats: Any  # key encoders' own BatchNorm statistics; None when off
+    queue: jax.Array | None  # [K, N, D] L2-normalised keys per expert; None when off
+    queue_ptr: jax.Array | None  # int32 scalar: next write position in the queues
+    rng: jax.Array  # root PRNG key; every step folds in its step number
+
+    @property
+    def num_experts(self) -> int:
+        return num_experts_of(self.params)
+
+
+def create_train_state(expert: Expert, *, num_experts: int, tx: optax.GradientTransformation,
+                       rng: jax.Array, image_shape: tuple[int, int, int], moco: bool,
+                       queue_size: int = 0, key_init: str = "copy") -> TrainState:
+    """Initialises K independent experts (and, with MoCo, their key encoders and queues).
+
+    key_init "copy": key encoders start as copies of the query experts (MoCo, paper);
+    "independent": a separately initialised network (official CIFAR code).
+    """
+    if key_init not in ("copy", "independent"):
+        raise ValueError(f"moco.key_init={key_init!r}; use 'copy' or 'independent'.")
+    init_rng, key_rng, queue_rng, root_rng = jax.random.split(rng, 4)
+    sample = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = init_stacked(expert, num_experts, init_rng, sample)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    ema_params = ema_batch_stats = queue = queue_ptr = None
+    if moco:
+        if key_init == "copy":
+            ema_params, ema_batch_stats = params, batch_stats
+        else:
+            key_vars = init_stacked(expert, num_experts, key_rng, sample)
+            ema_params, ema_batch_stats = key_vars["params"], key_vars.get("batch_stats", {})
+        dim = expert.projector_dim
+        queue = jax.random.normal(queue_rng, (num_experts, queue_size, dim), jnp.float32)
+        queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
+        queue_ptr = jnp.zeros((), jnp.int32)
+        # Fresh buffers: a later donation of `params` must not invalidate the key encoders.
+        ema_params, ema_batch_stats = jax.tree.map(jnp.array, (ema_params, ema_batch_stats))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), ema_params=ema_params,
+                      ema_batch_stats=ema_batch_stats, queue=queue, queue_ptr=queue_ptr,
+                      rng=root_rng)
+
+
+def ema_update(ema_params, params, *, momentum: float, repeats: int = 1,
+               include_projector: bool = True):
+    """ema <- m^r * ema + (1 - m^r) * params: r applications of a momentum-m update with the
+    same params (the official code applies it K times per step). A frozen projector keeps its
+    key-side values (official: the key MLP is never updated)."""
+    m = momentum**repeats
+    new = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, ema_params, params)
+    if not include_projector and "projector" in new:
+        new = {**new, "projector": ema_params["projector"]}
+    return new

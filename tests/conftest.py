@@ -1,0 +1,13 @@
+"""Test setup: 8 fake CPU devices (set before JAX is imported), offline TFDS data, no TF GPU."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_SHARED_TFDS = _REPO.parent / "shared" / "tensorflow_datasets"
+if "TFDS_DATA_DIR" not in os.environ and _SHARED_TFDS.is_dir():
+    os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
