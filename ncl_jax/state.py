@@ -15,7 +15,7 @@ import optax
 from flax import struct
 
 from ncl_jax.models import Expert, init_stacked
-from ncl_jax.models.experts import num_experts_of
+from ncl_jax.models.experts import jit_run_once, num_experts_of
 
 
 class TrainState(struct.PyTreeNode):
@@ -44,28 +44,30 @@ def create_train_state(expert: Expert, *, num_experts: int, tx: optax.GradientTr
     """
     if key_init not in ("copy", "independent"):
         raise ValueError(f"moco.key_init={key_init!r}; use 'copy' or 'independent'.")
-    init_rng, key_rng, queue_rng, root_rng = jax.random.split(rng, 4)
+    if num_experts < 1:
+        raise ValueError(f"model.num_experts={num_experts}: NCL needs at least one expert.")
     sample = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = init_stacked(expert, num_experts, init_rng, sample)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    ema_params = ema_batch_stats = queue = queue_ptr = None
-    if moco:
-        if key_init == "copy":
-            ema_params, ema_batch_stats = params, batch_stats
-        else:
-            key_vars = init_stacked(expert, num_experts, key_rng, sample)
-            ema_params, ema_batch_stats = key_vars["params"], key_vars.get("batch_stats", {})
-        dim = expert.projector_dim
-        queue = jax.random.normal(queue_rng, (num_experts, queue_size, dim), jnp.float32)
-        queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
-        queue_ptr = jnp.zeros((), jnp.int32)
-        # Fresh buffers: a later donation of `params` must not invalidate the key encoders.
-        ema_params, ema_batch_stats = jax.tree.map(jnp.array, (ema_params, ema_batch_stats))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), ema_params=ema_params,
-                      ema_batch_stats=ema_batch_stats, queue=queue, queue_ptr=queue_ptr,
-                      rng=root_rng)
 
+    def init(rng):
+        init_rng, key_rng, queue_rng, root_rng = jax.random.split(rng, 4)
+        variables = init_stacked(expert, num_experts, init_rng, sample)
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        ema_params = ema_batch_stats = queue = queue_ptr = None
+        if moco:
+            key_vars = (variables if key_init == "copy"
+                        else init_stacked(expert, num_experts, key_rng, sample))
+            # Copies are separate output buffers, so donating `params` later is safe.
+            ema_params = jax.tree.map(jnp.copy, key_vars["params"])
+            ema_batch_stats = jax.tree.map(jnp.copy, key_vars.get("batch_stats", {}))
+            queue = jax.random.normal(queue_rng, (num_experts, queue_size, expert.projector_dim))
+            queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
+            queue_ptr = jnp.zeros((), jnp.int32)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=batch_stats, opt_state=tx.init(params),
+                          ema_params=ema_params, ema_batch_stats=ema_batch_stats, queue=queue,
+                          queue_ptr=queue_ptr, rng=root_rng)
+
+    return jit_run_once(init, rng)
 
 def ema_update(ema_params, params, *, momentum: float, repeats: int = 1,
                include_projector: bool = True):

@@ -180,15 +180,16 @@ def check_batch(batch: dict[str, Any], num_devices: int) -> None:
             )
 
 
-def pmap_train_step(cfg: StepConfig, *, donate: bool = True):
+def pmap_train_step(cfg: StepConfig, *, donate: bool = True, devices=None):
     """train_step under jax.pmap(axis_name='batch'); the state is donated (updated in place)."""
     return jax.pmap(functools.partial(train_step, cfg=cfg), axis_name=AXIS,
-                    donate_argnums=(0,) if donate else ())
+                    donate_argnums=(0,) if donate else (), devices=devices)
 
 
-def pmap_eval_step(cfg: StepConfig):
-    return jax.pmap(functools.partial(eval_step, cfg=cfg), axis_name=AXIS)
+def pmap_eval_step(cfg: StepConfig, *, devices=None):
+    return jax.pmap(functools.partial(eval_step, cfg=cfg), axis_name=AXIS, devices=devices)
 
 
-def pmap_eval_counts_step(cfg: StepConfig):
-    return jax.pmap(functools.partial(eval_counts_step, cfg=cfg), axis_name=AXIS)
+def pmap_eval_counts_step(cfg: StepConfig, *, devices=None):
+    return jax.pmap(functools.partial(eval_counts_step, cfg=cfg), axis_name=AXIS,
+                    devices=devices)

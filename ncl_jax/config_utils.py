@@ -1,0 +1,84 @@
+"""Config validation and the values derived from it, resolved in one place.
+
+Everything here runs before any compilation, so a bad config fails in a second with one line
+(`ConfigError`) that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ncl_jax.errors import ConfigError
+from ncl_jax.models import BACKBONES
+
+_CHOICES = {
+    "variant": ("paper", "official"),
+    "model.backbone": BACKBONES,
+    "model.classifier": ("linear", "cosine"),
+    "model.expert_strategy": ("auto", "vmap", "loop"),
+    "model.dtype": ("float32", "bfloat16"),
+    "loss.hard_probs": ("restricted", "masked_logits"),
+    "loss.nil_hard_set": ("per_expert", "anchor"),
+    "loss.anchor": ("random", "first"),
+    "loss.distill_norm": ("pairs", "experts"),
+    "moco.key_init": ("copy", "independent"),
+    "optim.schedule": ("warmup_multistep", "cosine"),
+    "group_rule": ("paper", "official"),
+}
+
+
+def _get(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def resolve_num_hard(config: ml_collections.ConfigDict) -> int:
+    """Number of hard NEGATIVE classes: loss.num_hard if set, else round(hard_ratio * C)."""
+    if config.loss.num_hard > 0:
+        return int(config.loss.num_hard)
+    return max(1, round(config.loss.hard_ratio * config.dataset.num_classes))
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
+                    num_processes: int = 1) -> None:
+    """Raises ConfigError for the first inconsistent value, before any compute."""
+    for dotted, choices in _CHOICES.items():
+        if _get(config, dotted) not in choices:
+            raise ConfigError(f"{dotted}={_get(config, dotted)!r} is unknown; use one of {choices}.")
+    k = config.model.num_experts
+    if k < 1:
+        raise ConfigError(f"model.num_experts={k}: NCL needs at least one expert (K >= 1).")
+    c = config.dataset.num_classes
+    if c < 2:
+        raise ConfigError(f"dataset.num_classes={c}: need at least 2 classes.")
+    num_hard = resolve_num_hard(config)
+    if not 1 <= num_hard < c:
+        raise ConfigError(
+            f"loss.num_hard resolves to {num_hard} hard negatives for {c} classes; it must be in "
+            f"[1, {c - 1}] (set loss.num_hard or loss.hard_ratio).")
+    for name in ("batch_size", "eval_batch_size"):
+        size = config[name]
+        if size < 1 or size % num_devices:
+            raise ConfigError(
+                f"{name}={size} does not split over {num_devices} devices "
+                f"({num_processes} processes); use a multiple of {num_devices}.")
+    if config.num_epochs < 1:
+        raise ConfigError(f"num_epochs={config.num_epochs} must be >= 1.")
+    if config.moco.enabled:
+        n, b = config.moco.queue_size, config.batch_size
+        if n < b or n % b:
+            raise ConfigError(
+                f"moco.queue_size={n} must be a positive multiple of the global batch_size={b} "
+                "(whole batches are enqueued).")
+        if not 0.0 <= config.moco.momentum < 1.0:
+            raise ConfigError(f"moco.momentum={config.moco.momentum} must be in [0, 1).")
+        if config.moco.temperature <= 0:
+            raise ConfigError(f"moco.temperature={config.moco.temperature} must be > 0.")
+        if config.moco.ema_repeats < 1:
+            raise ConfigError(f"moco.ema_repeats={config.moco.ema_repeats} must be >= 1.")
+    if config.optim.learning_rate <= 0:
+        raise ConfigError(f"optim.learning_rate={config.optim.learning_rate} must be > 0.")
+    if config.checkpoint_every_epochs < 1 or config.eval_every_epochs < 1:
+        raise ConfigError("checkpoint_every_epochs and eval_every_epochs must be >= 1.")

@@ -1,0 +1,158 @@
+"""The pmapped NCL step: device-count invariance, expert independence, EMA, queue, schedules."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import jax_utils
+
+from ncl_jax import builders, optim
+from ncl_jax.models import apply_stacked
+from ncl_jax.state import ema_update
+from ncl_jax.train_step import check_batch, pmap_train_step
+from tests.tiny import class_counts, global_batch, shard, tiny_config
+
+STEPS_PER_EPOCH = 4
+
+
+@functools.cache
+def _setup(variant, num_devices, moco=True, num_experts=3):
+    """(config, step config, initial state, pmapped step), compiled once per combination."""
+    config = tiny_config(variant, moco=moco, num_experts=num_experts)
+    cfg = builders.make_step_config(config, class_counts=class_counts(),
+                                    steps_per_epoch=STEPS_PER_EPOCH)
+    state = builders.create_state(config, cfg)
+    step = pmap_train_step(cfg, donate=False, devices=jax.local_devices()[:num_devices])
+    return config, cfg, state, step
+
+
+def _run(variant, num_devices, num_steps=2, **kwargs):
+    config, _, state, step = _setup(variant, num_devices, **kwargs)
+    replicated = jax_utils.replicate(state, jax.local_devices()[:num_devices])
+    metrics = None
+    for i in range(num_steps):
+        batch = shard(global_batch(config.batch_size, seed=i), num_devices)
+        replicated, metrics = step(replicated, batch)
+    return replicated, metrics
+
+
+def _assert_trees_close(a, b, **tol):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
+                            strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=str(path), **tol)
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_eight_devices_equal_one_device_on_the_same_global_batch(variant):
+    eight, metrics8 = _run(variant, 8)
+    one, metrics1 = _run(variant, 1)
+    unrep = lambda s: jax.tree.map(lambda x: x[0], s)
+    _assert_trees_close(unrep(eight), unrep(one), rtol=2e-4, atol=2e-5)
+    for name in metrics1:
+        total8 = np.asarray(metrics8[name]).sum(0)
+        total1 = np.asarray(metrics1[name]).sum(0)
+        if name == "learning_rate":
+            np.testing.assert_allclose(total8[0] / total8[1], total1[0] / total1[1])
+        else:
+            np.testing.assert_allclose(total8, total1, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_replicas_identical_and_every_expert_changes_differently():
+    _, _, state0, _ = _setup("paper", 8)
+    state, _ = _run("paper", 8, num_steps=1)
+    for leaf in jax.tree.leaves((state.params, state.batch_stats, state.ema_params,
+                                 state.queue, state.opt_state)):
+        leaf = np.asarray(leaf)
+        assert np.array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+    before = state0.params["encoder"]["conv1"]["kernel"]
+    after = np.asarray(state.params["encoder"]["conv1"]["kernel"][0])
+    deltas = after - np.asarray(before)
+    assert all(np.abs(deltas[k]).max() > 0 for k in range(3))
+    assert not np.allclose(deltas[0], deltas[1]) and not np.allclose(deltas[1], deltas[2])
+    # experts start from different initialisations
+    assert not np.allclose(np.asarray(before[0]), np.asarray(before[1]))
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_ema_moves_by_one_minus_momentum_and_queue_holds_gathered_keys(variant):
+    config, cfg, state, step = _setup(variant, 8)
+    # Make the key encoders differ from the queries so the EMA has something to move.
+    state = state.replace(ema_params=jax.tree.map(lambda x: x + 0.5, state.ema_params))
+    batch = global_batch(config.batch_size, seed=3)
+    new, _ = step(jax_utils.replicate(state), shard(batch, 8))
+    new = jax.tree.map(lambda x: x[0], new)
+
+    m = config.moco.momentum ** config.moco.ema_repeats
+    expected = jax.tree.map(lambda e, p: e + (1 - m) * (p - e), state.ema_params, state.params)
+    if not config.moco.ema_projector:  # official: the key projector is frozen
+        expected["projector"] = state.ema_params["projector"]
+    _assert_trees_close(new.ema_params, expected, rtol=1e-6, atol=1e-7)
+
+    assert int(new.queue_ptr) == config.batch_size
+    key_params = (ema_update(state.ema_params, state.params, momentum=cfg.ema_momentum,
+                             repeats=cfg.ema_repeats, include_projector=cfg.ema_projector)
+                  if cfg.ema_before_keys else state.ema_params)
+    out, _ = apply_stacked(cfg.expert.clone(bn_axis_name=None), key_params,
+                           state.ema_batch_stats, jnp.asarray(batch["key_image"]), train=True)
+    keys = np.array(out["projections"])
+    keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(new.queue[:, : config.batch_size]), keys, rtol=2e-4,
+                               atol=2e-5)
+    np.testing.assert_array_equal(np.asarray(new.queue[:, config.batch_size:]),
+                                  np.asarray(state.queue[:, config.batch_size:]))
+
+
+def test_queue_pointer_wraps_around():
+    config = tiny_config("paper")
+    assert (config.moco.queue_size, config.batch_size) == (32, 16)
+    state, _ = _run("paper", 8, num_steps=3)
+    assert int(state.queue_ptr[0]) == (3 * 16) % 32
+
+
+def test_without_moco_and_single_expert():
+    state, metrics = _run("official", 8, num_steps=1, moco=False, num_experts=1)
+    assert state.queue is None and state.ema_params is None
+    assert np.asarray(metrics["nbod_all"]).sum(0)[0] == 0.0
+    assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+
+
+def test_batch_not_split_over_devices_fails_before_compiling():
+    batch = global_batch(16)
+    with pytest.raises(ValueError, match="leading axis 16 but 8 local devices"):
+        check_batch(batch, 8)
+
+
+@pytest.mark.parametrize(
+    "epoch, expected",
+    [(1, 0.046667), (2, 0.06), (3, 0.073333), (4, 0.086667), (5, 0.1), (319, 0.1),
+     (320, 0.01), (359, 0.01), (360, 0.001), (400, 0.001)],
+)
+def test_warmup_multistep_schedule_cifar(epoch, expected):
+    assert optim.warmup_multistep_lr(epoch, base_lr=0.1) == pytest.approx(expected, abs=1e-6)
+    schedule = optim.per_epoch(lambda e: optim.warmup_multistep_lr(e, base_lr=0.1), 10, 400)
+    for step in ((epoch - 1) * 10, epoch * 10 - 1):
+        assert float(schedule(step)) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("epoch, expected", [(1, 0.199988), (100, 0.10005), (200, 0.0001)])
+def test_cosine_schedule_imagenet(epoch, expected):
+    assert optim.cosine_lr(epoch, base_lr=0.2, num_epochs=200) == pytest.approx(expected,
+                                                                               abs=1e-6)
+
+
+def test_optimizer_matches_torch_sgd_nesterov_with_coupled_decay():
+    config = tiny_config()
+    tx = optim.make_optimizer(config.optim, lambda step: 0.1)
+    theta = jnp.array([1.0, -2.0])
+    opt_state = tx.init(theta)
+    buf = np.zeros(2)
+    ref = np.array([1.0, -2.0])
+    for g in ([0.5, 0.25], [-1.0, 2.0], [0.1, 0.1]):
+        d = np.array(g) + 2e-4 * ref
+        buf = 0.9 * buf + d
+        ref = ref - 0.1 * (d + 0.9 * buf)
+        updates, opt_state = tx.update(jnp.array(g), opt_state, theta)
+        theta = theta + updates
+    np.testing.assert_allclose(np.asarray(theta), ref, rtol=1e-6)

@@ -1,0 +1,42 @@
+"""Tiny configs and batches shared by the model/step tests (fast on 2 CPU cores)."""
+
+import numpy as np
+
+from configs.base import apply_variant, get_base_config
+
+NUM_CLASSES = 10
+IMAGE = 8
+
+
+def tiny_config(variant="paper", *, moco=True, num_experts=3, batch_size=16, queue_size=32):
+    config = get_base_config()
+    config.dataset.num_classes = NUM_CLASSES
+    config.dataset.image_size = IMAGE
+    config.model.num_experts = num_experts
+    config.model.depth = 1
+    config.model.width = 4
+    config.moco.enabled = moco
+    config.moco.dim = 8
+    config.moco.queue_size = queue_size
+    config.batch_size = batch_size
+    config.num_epochs = 10
+    apply_variant(config, variant)
+    return config
+
+
+def class_counts():
+    return np.array([500, 300, 180, 108, 65, 39, 23, 14, 8, 5], np.float32)
+
+
+def global_batch(batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.normal(size=(batch_size, IMAGE, IMAGE, 3)).astype(np.float32),
+        "key_image": rng.normal(size=(batch_size, IMAGE, IMAGE, 3)).astype(np.float32),
+        "label": rng.integers(0, NUM_CLASSES, size=batch_size).astype(np.int32),
+    }
+
+
+def shard(batch, num_devices):
+    return {k: v.reshape(num_devices, v.shape[0] // num_devices, *v.shape[1:])
+            for k, v in batch.items()}
