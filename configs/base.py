@@ -104,7 +104,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- evaluation / logging
     c.eval_every_epochs = 1  # evaluate on dataset.eval_split every N epochs
-    c.group_rule = "official"  # many/medium/few thresholds: official (>=100/<=20) | paper (>100/<20)
+    c.group_rule = "official"  # many/medium/few: official (>=100 / <=20) | paper (>100 / <20)
     c.log_every_steps = 50  # training metrics / progress interval
     c.checkpoint_every_epochs = 10  # periodic checkpoint interval (also at the end, on SIGTERM)
     c.keep_checkpoints = 2  # periodic checkpoints kept (best_* and final are kept separately)

@@ -46,7 +46,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     """Raises ConfigError for the first inconsistent value, before any compute."""
     for dotted, choices in _CHOICES.items():
         if _get(config, dotted) not in choices:
-            raise ConfigError(f"{dotted}={_get(config, dotted)!r} is unknown; use one of {choices}.")
+            value = _get(config, dotted)
+            raise ConfigError(f"{dotted}={value!r} is unknown; use one of {choices}.")
     k = config.model.num_experts
     if k < 1:
         raise ConfigError(f"model.num_experts={k}: NCL needs at least one expert (K >= 1).")

@@ -76,7 +76,8 @@ def validate_loss_inputs(logits, labels, class_counts, num_hard: int) -> None:
     if labels.shape != (b,):
         raise ValueError(f"labels must have shape [B]=({b},); got {tuple(labels.shape)}.")
     if class_counts.shape != (c,):
-        raise ValueError(f"class_counts must have shape [C]=({c},); got {tuple(class_counts.shape)}.")
+        raise ValueError(
+            f"class_counts must have shape [C]=({c},); got {tuple(class_counts.shape)}.")
     if not 1 <= num_hard < c:
         raise ValueError(
             f"num_hard={num_hard} hard negatives is out of range for C={c} classes; "

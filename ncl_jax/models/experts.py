@@ -56,7 +56,8 @@ class Expert(nn.Module):
                 groups=groups, width_per_group=width_per_group,
                 dtype=self.dtype, bn_axis_name=self.bn_axis_name)
         else:
-            raise ValueError(f"model.backbone={self.backbone!r} is unknown; use one of {BACKBONES}.")
+            raise ValueError(
+                f"model.backbone={self.backbone!r} is unknown; use one of {BACKBONES}.")
         if self.classifier == "linear":
             self.head = LinearHead(self.num_classes)
         elif self.classifier == "cosine":

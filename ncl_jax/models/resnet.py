@@ -14,7 +14,8 @@ from flax import linen as nn
 from ncl_jax.models.init import torch_default_kernel
 from ncl_jax.models.resnet_cifar import batch_norm
 
-STAGE_SIZES = {"resnet50": (3, 4, 6, 3), "resnet152": (3, 8, 36, 3), "resnext50_32x4d": (3, 4, 6, 3)}
+STAGE_SIZES = {"resnet50": (3, 4, 6, 3), "resnet152": (3, 8, 36, 3),
+               "resnext50_32x4d": (3, 4, 6, 3)}
 GROUPS = {"resnet50": (1, 64), "resnet152": (1, 64), "resnext50_32x4d": (32, 4)}
 
 
