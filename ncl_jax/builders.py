@@ -8,8 +8,10 @@ import numpy as np
 
 from ncl_jax import losses, optim
 from ncl_jax.config_utils import resolve_num_hard
+from ncl_jax.errors import DataError
 from ncl_jax.models import build_expert, resolve_strategy
-from ncl_jax.state import TrainState, create_train_state
+from ncl_jax.models.experts import jit_run_once
+from ncl_jax.state import TrainState, train_state_initializer
 from ncl_jax.train_step import AXIS, StepConfig
 
 
@@ -25,12 +27,12 @@ def make_step_config(config: ml_collections.ConfigDict, *, class_counts, steps_p
     """Everything static the step needs; class counts are checked here, before compiling."""
     counts = np.asarray(class_counts, np.float32)
     if counts.shape != (config.dataset.num_classes,):
-        raise ValueError(
+        raise DataError(
             f"class_counts has {counts.shape[0]} entries but dataset.num_classes="
             f"{config.dataset.num_classes}; set dataset.num_classes to match the data.")
     if np.any(counts <= 0):
         empty = np.flatnonzero(counts <= 0)[:10].tolist()
-        raise ValueError(f"classes {empty} have no training images; the balanced softmax needs "
+        raise DataError(f"classes {empty} have no training images; the balanced softmax needs "
                          "every class present (lower the imbalance factor or drop the class).")
     schedule = optim.make_schedule(config.optim, steps_per_epoch=steps_per_epoch,
                                    num_epochs=config.num_epochs)
@@ -52,11 +54,19 @@ def make_step_config(config: ml_collections.ConfigDict, *, class_counts, steps_p
     )
 
 
+def _initializer(config: ml_collections.ConfigDict, step_config: StepConfig):
+    size = config.dataset.image_size
+    return train_state_initializer(
+        step_config.expert.clone(bn_axis_name=None), num_experts=config.model.num_experts,
+        tx=step_config.tx, image_shape=(size, size, 3), moco=bool(config.moco.enabled),
+        queue_size=config.moco.queue_size, key_init=config.moco.key_init)
+
+
 def create_state(config: ml_collections.ConfigDict, step_config: StepConfig) -> TrainState:
     """The initial (unreplicated) train state from config.seed."""
-    size = config.dataset.image_size
-    return create_train_state(
-        step_config.expert.clone(bn_axis_name=None), num_experts=config.model.num_experts,
-        tx=step_config.tx, rng=jax.random.PRNGKey(config.seed), image_shape=(size, size, 3),
-        moco=bool(config.moco.enabled), queue_size=config.moco.queue_size,
-        key_init=config.moco.key_init)
+    return jit_run_once(_initializer(config, step_config), jax.random.PRNGKey(config.seed))
+
+
+def abstract_state(config: ml_collections.ConfigDict, step_config: StepConfig) -> TrainState:
+    """Shapes and dtypes of the state, without computing it (a restore target)."""
+    return jax.eval_shape(_initializer(config, step_config), jax.random.PRNGKey(config.seed))

@@ -34,13 +34,14 @@ class TrainState(struct.PyTreeNode):
         return num_experts_of(self.params)
 
 
-def create_train_state(expert: Expert, *, num_experts: int, tx: optax.GradientTransformation,
-                       rng: jax.Array, image_shape: tuple[int, int, int], moco: bool,
-                       queue_size: int = 0, key_init: str = "copy") -> TrainState:
-    """Initialises K independent experts (and, with MoCo, their key encoders and queues).
+def train_state_initializer(expert: Expert, *, num_experts: int,
+                            tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
+                            moco: bool, queue_size: int = 0, key_init: str = "copy"):
+    """fn(rng) -> TrainState: K independent experts (with MoCo: key encoders and queues).
 
     key_init "copy": key encoders start as copies of the query experts (MoCo, paper);
-    "independent": a separately initialised network (official CIFAR code).
+    "independent": a separately initialised network (official CIFAR code). Run it with
+    `create_train_state`, or under jax.eval_shape for a restore target.
     """
     if key_init not in ("copy", "independent"):
         raise ValueError(f"moco.key_init={key_init!r}; use 'copy' or 'independent'.")
@@ -67,7 +68,12 @@ def create_train_state(expert: Expert, *, num_experts: int, tx: optax.GradientTr
                           ema_params=ema_params, ema_batch_stats=ema_batch_stats, queue=queue,
                           queue_ptr=queue_ptr, rng=root_rng)
 
-    return jit_run_once(init, rng)
+    return init
+
+
+def create_train_state(expert: Expert, *, rng: jax.Array, **kwargs) -> TrainState:
+    """The initial state; kwargs as for `train_state_initializer`."""
+    return jit_run_once(train_state_initializer(expert, **kwargs), rng)
 
 def ema_update(ema_params, params, *, momentum: float, repeats: int = 1,
                include_projector: bool = True):

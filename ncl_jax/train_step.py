@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ncl_jax import losses
+from ncl_jax.metrics import NONFINITE_KEY, nonfinite_marker
 from ncl_jax.models import Expert, apply_stacked
 from ncl_jax.state import TrainState, ema_update
 
@@ -128,6 +130,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
                               ema_batch_stats=ema_stats, queue=queue, queue_ptr=queue_ptr)
     metrics = _train_metrics(loss, aux, logits, labels, local_batch)
     metrics["learning_rate"] = _pair(cfg.lr_schedule(state.step), 1)
+    metrics[NONFINITE_KEY] = nonfinite_marker(loss, state.step)
     return new_state, metrics
 
 
@@ -178,6 +181,21 @@ def check_batch(batch: dict[str, Any], num_devices: int) -> None:
                 f"devices: reshape the batch to [devices, batch // devices, ...] and use a global "
                 "batch size divisible by the device count."
             )
+
+
+def replicate(tree: Any, devices=None) -> Any:
+    """Copies of `tree` on every local device, laid out exactly as the pmapped step returns
+    its state (mesh axis 'batch'), so the step compiles once rather than twice (flax's
+    `replicate` uses a differently named mesh, which misses jit's cache on the second step)."""
+    devices = list(devices or jax.local_devices())
+    sharding = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+    return jax.tree.map(lambda x: jax.device_put(
+        np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), sharding), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy of a replicated tree."""
+    return jax.tree.map(lambda x: x[0], tree)
 
 
 def pmap_train_step(cfg: StepConfig, *, donate: bool = True, devices=None):

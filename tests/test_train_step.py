@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import jax_utils
 
 from ncl_jax import builders, optim
 from ncl_jax.models import apply_stacked
 from ncl_jax.state import ema_update
-from ncl_jax.train_step import check_batch, pmap_train_step
+from ncl_jax.train_step import check_batch, pmap_train_step, replicate
 from tests.tiny import class_counts, global_batch, shard, tiny_config
 
 STEPS_PER_EPOCH = 4
@@ -30,7 +29,7 @@ def _setup(variant, num_devices, moco=True, num_experts=3):
 
 def _run(variant, num_devices, num_steps=2, **kwargs):
     config, _, state, step = _setup(variant, num_devices, **kwargs)
-    replicated = jax_utils.replicate(state, jax.local_devices()[:num_devices])
+    replicated = replicate(state, jax.local_devices()[:num_devices])
     metrics = None
     for i in range(num_steps):
         batch = shard(global_batch(config.batch_size, seed=i), num_devices)
@@ -51,6 +50,8 @@ def test_eight_devices_equal_one_device_on_the_same_global_batch(variant):
     unrep = lambda s: jax.tree.map(lambda x: x[0], s)
     _assert_trees_close(unrep(eight), unrep(one), rtol=2e-4, atol=2e-5)
     for name in metrics1:
+        if name == "first_nonfinite_step":
+            continue
         total8 = np.asarray(metrics8[name]).sum(0)
         total1 = np.asarray(metrics1[name]).sum(0)
         if name == "learning_rate":
@@ -81,7 +82,7 @@ def test_ema_moves_by_one_minus_momentum_and_queue_holds_gathered_keys(variant):
     # Make the key encoders differ from the queries so the EMA has something to move.
     state = state.replace(ema_params=jax.tree.map(lambda x: x + 0.5, state.ema_params))
     batch = global_batch(config.batch_size, seed=3)
-    new, _ = step(jax_utils.replicate(state), shard(batch, 8))
+    new, _ = step(replicate(state), shard(batch, 8))
     new = jax.tree.map(lambda x: x[0], new)
 
     m = config.moco.momentum ** config.moco.ema_repeats

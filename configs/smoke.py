@@ -1,0 +1,33 @@
+"""A tiny run for tests and for checking an installation in a minute on a CPU.
+
+  python -m ncl_jax.main --config=configs/smoke.py --workdir=/tmp/ncl_smoke
+
+Real CIFAR-10 (the offline `cifar10_jpeg` copy), IF 100, three ResNet-8 experts of width 4,
+MoCo on, 2 epochs of 3 steps, evaluation on the first 256 test images. Not a benchmark.
+"""
+
+from configs.base import apply_variant, get_base_config, parse_args
+
+
+def get_config(arg: str | None = None):
+    args = parse_args(arg)
+    c = get_base_config()
+    c.dataset.name = "cifar10_jpeg"
+    c.dataset.num_classes = 10
+    c.dataset.imbalance_factor = 100.0
+    c.dataset.eval_max_examples = 256
+    c.dataset.train_view = "cifar_autoaugment"
+    c.model.depth = 1
+    c.model.width = 4
+    c.moco.dim = 8
+    c.moco.queue_size = 64
+    c.batch_size = 16
+    c.eval_batch_size = 128
+    c.num_epochs = 2
+    c.steps_per_epoch = 3
+    c.optim.warmup_epochs = 1
+    c.optim.milestones = (2,)
+    c.log_every_steps = 1
+    c.checkpoint_every_epochs = 1
+    apply_variant(c, args.get("variant", "paper"))
+    return c

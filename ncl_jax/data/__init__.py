@@ -1,0 +1,27 @@
+"""Input data for NCL: long-tailed datasets, class counts and tf.data pipelines.
+
+`long_tailed_indices`, `long_tailed_counts` and `DatasetInfo` need only numpy; the rest
+imports TensorFlow on first use (and hides the GPUs from it, which belong to JAX).
+"""
+
+import importlib
+from typing import Any
+
+from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
+
+_LAZY = {
+    "get_dataset_info": "ncl_jax.data.datasets",
+    "train_iterator": "ncl_jax.data.pipeline",
+    "eval_iterator": "ncl_jax.data.pipeline",
+    "steps_per_epoch": "ncl_jax.data.pipeline",
+    "benchmark_pipeline": "ncl_jax.data.pipeline",
+}
+
+__all__ = ["DatasetInfo", "long_tailed_counts", "long_tailed_indices", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the TensorFlow-backed parts only when they are used (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ncl_jax.data' has no attribute {name!r}")

@@ -1,0 +1,391 @@
+"""Where examples come from: TFDS builders, split-list text files and image folders.
+
+Two kinds of split leave this module:
+- `IndexedSplit`: random access by example index (CIFAR decoded into memory, or image file
+  paths decoded later in tf.data). Epoch orders are derived from (seed, epoch) alone, so
+  batches are identical whatever the number of processes, devices or threads.
+- `StreamedSplit`: TFDS builders without random access (imagenet2012, places365_small,
+  i_naturalist2018), read as a sharded, seeded-shuffled stream. Deterministic for a fixed
+  (seed, epoch, process_count) only; exact cross-process-count determinism is a property of
+  indexed sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ncl_jax.errors import ConfigError, DataError
+
+
+def hide_accelerators_from_tf() -> None:
+    """Keeps host-side TensorFlow off the GPUs, which belong to JAX."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF devices were already initialised by someone else; keep going
+        pass
+
+
+hide_accelerators_from_tf()
+
+IN_MEMORY_BUILDERS = ("cifar10", "cifar100", "cifar10_jpeg")
+# Streamed builders: feature naming each record's file, and regexes (same meaning in Python `re`
+# and TF's RE2) that turn both TFDS names and list paths into one matching key.
+STREAMED_BUILDERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "imagenet2012": ("file_name", (r"^.*/",)),
+    "places365_small": (
+        "filename",
+        (r"^.*(data_256|data_large|val_256|val_large|test_256)/", r"^/+"),
+    ),
+    "i_naturalist2018": ("id", (r"^.*/", r"\.[^./]*$")),
+}
+NOT_DOWNLOADABLE = {
+    "cifar10_jpeg": "it is a local build that TFDS cannot download",
+    "imagenet2012": "TFDS needs the ImageNet tar files placed in its manual_dir first",
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IndexedSplit:
+    """Examples addressable by index: example i is `images[rows[i]]` or `paths[rows[i]]`."""
+
+    labels: np.ndarray  # int64 [N]
+    rows: np.ndarray  # int64 [N] storage row of each example
+    images: np.ndarray | None = None  # uint8 [M, H, W, 3] decoded images (small datasets)
+    paths: np.ndarray | None = None  # str [M] image files decoded in tf.data (large datasets)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, keep: np.ndarray) -> IndexedSplit:
+        """The examples at positions `keep`, in that order (storage is shared, not copied)."""
+        return dataclasses.replace(self, labels=self.labels[keep], rows=self.rows[keep])
+
+    @functools.cached_property
+    def storage(self) -> tf.Tensor:
+        """The image array or path list as one TF tensor, built once and gathered per example."""
+        return tf.constant(self.images if self.images is not None else self.paths)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedSplit:
+    """A TFDS split read as a stream; `labels_by_key` (from a list file) filters and relabels."""
+
+    builder: Any
+    split: str
+    num_examples: int
+    labels_by_key: dict[str, int] | None
+    key_feature: str
+    key_patterns: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+
+# ---------------------------------------------------------------------------------- decoding
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+    """Decodes JPEG exactly like PIL/libjpeg (INTEGER_ACCURATE), other formats generically."""
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+# ---------------------------------------------------------------------------------- TFDS
+
+
+def tfds_data_dir(cfg: Any) -> str | None:
+    """config.dataset.data_dir, else $TFDS_DATA_DIR, else None (TFDS's own default)."""
+    return cfg.data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def open_builder(cfg: Any) -> Any:
+    """Opens a prepared TFDS builder, preparing it only when `download=True`."""
+    name = cfg.name
+    if name not in IN_MEMORY_BUILDERS and name not in STREAMED_BUILDERS:
+        known = ", ".join((*IN_MEMORY_BUILDERS, *STREAMED_BUILDERS))
+        raise ConfigError(
+            f"dataset.name={name!r} is not a supported TFDS builder; use one of {known}, "
+            "or --config.dataset.source=split_list / image_folder for files on disk."
+        )
+    data_dir = tfds_data_dir(cfg)
+    searched = data_dir or str(tfds.core.constants.DATA_DIR)
+    where = (
+        f"TFDS dataset {name!r} is not prepared under {searched}; set TFDS_DATA_DIR or "
+        f"--config.dataset.data_dir to the directory that holds {name}/"
+    )
+    if name in NOT_DOWNLOADABLE:
+        how = f" ({name} cannot be downloaded with download=True: {NOT_DOWNLOADABLE[name]})."
+    else:
+        how = ", or pass --config.dataset.download=True to download it."
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+        raise DataError(where + how) from None
+    if not builder.is_prepared():
+        if not cfg.download:
+            raise DataError(where + how)
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # noqa: BLE001 - any TFDS failure becomes one clear line
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(
+                f"TFDS could not download/prepare {name!r} into {searched}: {first_line}"
+            ) from e
+    return builder
+
+
+def check_builder(builder: Any, cfg: Any) -> None:
+    """Class count and split names must agree with the config before anything is read."""
+    builder_classes = builder.info.features["label"].num_classes
+    if builder_classes != cfg.num_classes:
+        raise ConfigError(
+            f"dataset.num_classes={cfg.num_classes} but TFDS {builder.name!r} has "
+            f"{builder_classes} classes; set --config.dataset.num_classes={builder_classes}."
+        )
+    splits = sorted(builder.info.splits.keys())
+    for field in ("train_split", "eval_split"):
+        split = getattr(cfg, field)
+        if split not in splits:
+            raise ConfigError(
+                f"dataset.{field}={split!r} is not a split of {builder.name!r} (it has {splits}); "
+                f"set --config.dataset.{field} to one of them."
+            )
+
+
+def original_order(ids: Sequence[str], where: str) -> np.ndarray:
+    """Positions that sort records back into the release order of their ids ('train_00042')."""
+    matches = [re.fullmatch(r"(.*?)(\d+)", s) for s in ids]
+    if all(matches):
+        keys: np.ndarray = np.array([int(m.group(2)) for m in matches], np.int64)
+    else:
+        keys = np.array(ids)
+    if len(np.unique(keys)) != len(keys):
+        raise DataError(
+            f"{where}: record ids are not unique, so the original order (and the LDAM subset) "
+            "cannot be recovered; re-prepare the dataset."
+        )
+    return np.argsort(keys, kind="stable")
+
+
+_ARRAY_CACHE: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def load_tfds_arrays(builder: Any, split: str, *, cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes a small TFDS split into uint8 images and int64 labels in the original order.
+
+    JPEG-stored images are decoded with INTEGER_ACCURATE (pixel-identical to PIL), not TFDS's
+    default fast decoder. With `cache`, decoded arrays are kept for the life of the process.
+    """
+    key = (str(builder.data_dir), builder.name, split)
+    if key in _ARRAY_CACHE:
+        return _ARRAY_CACHE[key]
+    features = builder.info.features
+    jpeg = getattr(features["image"], "encoding_format", None) == "jpeg"
+    decoders = {"image": tfds.decode.SkipDecoding()} if jpeg else None
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    has_id = "id" in features
+
+    def select(ex: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        image = decode_image(ex["image"]) if jpeg else ex["image"]
+        return image, ex["label"], ex["id"] if has_id else tf.constant("")
+
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+    images, labels, ids = [], [], []
+    for image, label, ident in ds.as_numpy_iterator():
+        images.append(image)
+        labels.append(label)
+        ids.extend(i.decode() for i in ident)
+    where = f"TFDS {builder.name}/{split}"
+    if not images:
+        raise DataError(f"{where} has no examples; re-prepare the dataset.")
+    images_np, labels_np = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    if has_id:
+        order = original_order(ids, where)
+        images_np, labels_np = images_np[order], labels_np[order]
+    if cache:
+        _ARRAY_CACHE[key] = (images_np, labels_np)
+    return images_np, labels_np
+
+
+def in_memory_split(builder: Any, split: str, *, cache: bool) -> IndexedSplit:
+    """A small TFDS split decoded into memory, in its original order."""
+    images, labels = load_tfds_arrays(builder, split, cache=cache)
+    return IndexedSplit(labels=labels, rows=np.arange(len(labels), dtype=np.int64), images=images)
+
+
+def match_key(name: str, patterns: Sequence[str]) -> str:
+    """The matching key of a list path or TFDS file name (Python twin of `tf_match_key`)."""
+    for pattern in patterns:
+        name = re.sub(pattern, "", name, count=1)
+    return name
+
+
+def tf_match_key(name: tf.Tensor, patterns: Sequence[str]) -> tf.Tensor:
+    """The matching key of a TFDS file name inside tf.data (TF twin of `match_key`)."""
+    for pattern in patterns:
+        name = tf.strings.regex_replace(name, pattern, "", replace_global=False)
+    return name
+
+
+def streamed_split(builder: Any, split: str, list_path: str, num_classes: int, field: str):
+    """A streamed TFDS split, optionally restricted to (and labelled by) a list file."""
+    key_feature, patterns = STREAMED_BUILDERS[builder.name]
+    if not list_path:
+        num = builder.info.splits[split].num_examples
+        return StreamedSplit(builder, split, num, None, key_feature, patterns)
+    paths, labels = read_split_list(list_path, num_classes, field)
+    labels_by_key: dict[str, int] = {}
+    for path, label in zip(paths, labels.tolist(), strict=True):
+        key = match_key(path, patterns)
+        if labels_by_key.setdefault(key, label) != label:
+            raise DataError(
+                f"{list_path} gives {key!r} two different labels; remove the duplicate line."
+            )
+    return StreamedSplit(builder, split, len(labels_by_key), labels_by_key, key_feature, patterns)
+
+
+def builder_label_counts(builder: Any, split: str, num_classes: int) -> np.ndarray:
+    """Images per class of a TFDS split from one pass over its labels (images not decoded).
+
+    The result is cached as a small JSON next to the prepared data when that directory is
+    writable, so the pass (minutes for iNaturalist) runs once.
+    """
+    path = os.path.join(str(builder.data_dir), f"ncl_jax_class_counts.{split}.json")
+    try:
+        with open(path) as f:
+            counts = np.asarray(json.load(f)["counts"], np.int64)
+        if counts.shape == (num_classes,):
+            return counts
+    except (OSError, ValueError, KeyError):
+        pass
+    decoders = tfds.decode.PartialDecoding({"label": True})
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    counts = np.zeros(num_classes, np.int64)
+    for labels in ds.map(lambda ex: ex["label"]).batch(65536).as_numpy_iterator():
+        labels = labels[(labels >= 0) & (labels < num_classes)]
+        counts += np.bincount(labels, minlength=num_classes)
+    try:
+        with open(path, "w") as f:
+            json.dump({"split": split, "counts": counts.tolist()}, f)
+    except OSError:
+        pass  # read-only data directory: recount next time
+    return counts
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def read_split_list(path: str, num_classes: int, field: str) -> tuple[list[str], np.ndarray]:
+    """Parses "relative/path label" lines (ImageNet-LT / Places-LT style); leading '/' dropped."""
+    if not os.path.isfile(path):
+        raise DataError(
+            f"dataset.{field}={path!r} does not exist; point --config.dataset.{field} at a "
+            "text file of 'relative/path label' lines."
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.strip().rsplit(maxsplit=1)
+            if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+                raise DataError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}.")
+            label = int(parts[1])
+            if not 0 <= label < num_classes:
+                raise DataError(
+                    f"{path}:{lineno}: label {label} is outside [0, {num_classes}); fix the "
+                    "list or --config.dataset.num_classes."
+                )
+            paths.append(parts[0].lstrip("/"))
+            labels.append(label)
+    if not paths:
+        raise DataError(f"{path} lists no images; fill it or fix --config.dataset.{field}.")
+    return paths, np.asarray(labels, np.int64)
+
+
+def check_files_exist(root: str, rel_paths: Sequence[str], list_path: str) -> None:
+    """Fails on the first listed file that is missing (one directory listing per folder)."""
+    wanted: dict[str, set[str]] = {}
+    for rel in rel_paths:
+        full = os.path.join(root, rel)
+        wanted.setdefault(os.path.dirname(full), set()).add(os.path.basename(full))
+    missing: list[str] = []
+    for folder, names in wanted.items():
+        try:
+            present = set(os.listdir(folder))
+        except OSError:
+            present = set()
+        missing.extend(os.path.join(folder, n) for n in sorted(names - present))
+    if missing:
+        raise DataError(
+            f"{list_path} names {missing[0]}, which does not exist ({len(missing)} listed files "
+            "missing); fix --config.dataset.image_root or the list."
+        )
+
+
+def list_split(root: str, list_path: str, num_classes: int, field: str) -> IndexedSplit:
+    """An indexed split of image files named by a split list, relative to `root`."""
+    if not root or not os.path.isdir(root):
+        raise DataError(
+            f"dataset.image_root={root!r} is not a directory; set --config.dataset.image_root "
+            f"to the folder the paths in {list_path} are relative to."
+        )
+    rel_paths, labels = read_split_list(list_path, num_classes, field)
+    check_files_exist(root, rel_paths, list_path)
+    paths = np.array([os.path.join(root, p) for p in rel_paths])
+    return IndexedSplit(labels=labels, rows=np.arange(len(labels), dtype=np.int64), paths=paths)
+
+
+def folder_split(folder: str, class_names: Sequence[str] | None = None):
+    """An indexed split of <folder>/<class>/*.{jpg,jpeg,png}; classes sorted by name.
+
+    Returns (split, class_names). `class_names` (from the training folder) must match.
+    """
+    if not os.path.isdir(folder):
+        raise DataError(
+            f"image folder {folder} does not exist; set --config.dataset.image_root so that "
+            "<image_root>/<split>/<class>/*.jpg exists (split = train_split / eval_split)."
+        )
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    if not classes:
+        raise DataError(f"image folder {folder} has no class folders; expected <class>/*.jpg.")
+    if class_names is not None and classes != list(class_names):
+        raise DataError(
+            f"image folder {folder} has classes {classes[:5]}... that differ from the training "
+            f"folder's {list(class_names)[:5]}...; give both splits the same class folders."
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(folder, name)
+        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DataError(
+                f"class folder {class_dir} holds no .jpg/.jpeg/.png images (class {label} would "
+                "have 0 images); add images or remove the folder."
+            )
+        paths.extend(os.path.join(class_dir, f) for f in files)
+        labels.extend([label] * len(files))
+    split = IndexedSplit(
+        labels=np.asarray(labels, np.int64),
+        rows=np.arange(len(labels), dtype=np.int64),
+        paths=np.array(paths),
+    )
+    return split, classes

@@ -1,0 +1,139 @@
+"""Evaluation: top-1 overall and on many/medium/few classes, per expert and for the ensemble.
+
+As in the official code, predictions use the raw logits (no prior correction) and the
+ensemble is the argmax of the mean of the K experts' logits. Used every epoch by the training
+loop and, as a CLI, on any Orbax checkpoint of a workdir, on any number of devices:
+
+  python -m ncl_jax.evaluate --workdir=DIR [--step=N]   # prints a table, writes DIR/eval_<N>.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+import jax
+import numpy as np
+
+GROUPS = ("many", "medium", "few")
+
+
+def accuracy_summary(correct: np.ndarray, totals: np.ndarray,
+                     group_masks: dict[str, np.ndarray]) -> dict:
+    """correct [K + 1, C] (experts, then ensemble) and totals [C] -> the evaluation JSON body.
+
+    Accuracies are in percent; a group without test images reports null.
+    """
+    correct, totals = np.asarray(correct, np.float64), np.asarray(totals, np.float64)
+
+    def scores(row: np.ndarray) -> dict:
+        out = {"top1": 100.0 * row.sum() / max(totals.sum(), 1.0)}
+        for group in GROUPS:
+            mask = group_masks[group]
+            n = totals[mask].sum()
+            out[group] = 100.0 * row[mask].sum() / n if n > 0 else None
+        return out
+
+    experts = [scores(row) for row in correct[:-1]]
+    best = int(np.argmax([e["top1"] for e in experts]))
+    return {"num_examples": int(totals.sum()), "experts": experts,
+            "ensemble": scores(correct[-1]), "best_single": {**experts[best], "expert": best}}
+
+
+def run_evaluation(p_eval_counts, replicated_state, batches: Iterable[dict],
+                   group_masks: dict[str, np.ndarray]) -> dict:
+    """Runs the pmapped per-class counting step over all eval batches (padded, masked)."""
+    correct = totals = None
+    for batch in batches:
+        c, t = p_eval_counts(replicated_state, batch)
+        c, t = c[0], t[0]  # psum'ed: identical on every device
+        correct = c if correct is None else correct + c
+        totals = t if totals is None else totals + t
+    if correct is None:
+        raise ValueError("the evaluation split is empty; check dataset.eval_split.")
+    correct, totals = jax.device_get((correct, totals))
+    if jax.process_count() > 1:  # psum covers local devices only: add the other hosts
+        from jax.experimental import multihost_utils
+
+        correct, totals = (np.asarray(x).sum(0) for x in
+                           multihost_utils.process_allgather((correct, totals)))
+    return accuracy_summary(correct, totals, group_masks)
+
+
+def format_table(result: dict) -> str:
+    """A fixed-width table of the evaluation JSON."""
+    header = f"{'model':<14}{'top1':>8}" + "".join(f"{g:>8}" for g in GROUPS)
+    fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8}"
+    rows = [(f"expert {i}", e) for i, e in enumerate(result["experts"])]
+    rows += [("ensemble", result["ensemble"]),
+             (f"best single({result['best_single']['expert']})", result["best_single"])]
+    lines = [header, "-" * len(header)]
+    lines += [f"{name:<14}" + fmt(r["top1"]) + "".join(fmt(r[g]) for g in GROUPS)
+              for name, r in rows]
+    return "\n".join(lines)
+
+
+def write_result(workdir: str, step: int, result: dict) -> str:
+    """Writes DIR/eval_<step>.json atomically (never a half-written file)."""
+    path = os.path.join(workdir, f"eval_{step}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({**result, "step": step}, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
+    """Restores a checkpoint of `workdir` on however many devices are here and evaluates it."""
+    import ml_collections
+
+    from ncl_jax import builders, data
+    from ncl_jax.checkpointing import RunCheckpoints
+    from ncl_jax.errors import CheckpointError
+    from ncl_jax.train_step import pmap_eval_counts_step, replicate
+
+    checkpoints = RunCheckpoints(workdir, read_only=True)
+    saved = checkpoints.saved_config()
+    if saved is None:
+        raise CheckpointError(f"{workdir} has no config.json: it is not an ncl_jax workdir "
+                              "(train into it with python -m ncl_jax.main first).")
+    kind, step = checkpoints.find(step)
+    config = ml_collections.ConfigDict(saved)
+    info = data.get_dataset_info(config.dataset)
+    step_cfg = builders.make_step_config(config, class_counts=info.class_counts,
+                                         steps_per_epoch=1)
+    state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
+    batches = data.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
+                                 num_local_devices=jax.local_device_count(),
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    result = run_evaluation(pmap_eval_counts_step(step_cfg), replicate(state),
+                            batches, info.group_masks(config.group_rule))
+    checkpoints.close()
+    return {"step": step, "checkpoint": kind, "epoch": meta.get("epoch"), **result}
+
+
+def main(argv) -> None:
+    del argv
+    from absl import flags
+
+    from ncl_jax.cli import run_cli
+
+    run_cli(lambda: _print_and_write(flags.FLAGS.workdir, flags.FLAGS.step))
+
+
+def _print_and_write(workdir: str, step: int | None) -> None:
+    result = evaluate_workdir(workdir, step)
+    print(format_table(result))
+    if jax.process_index() == 0:
+        print(f"wrote {write_result(workdir, result['step'], result)}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest periodic/final).")
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

@@ -1,0 +1,70 @@
+"""Training entry point.
+
+  python -m ncl_jax.main --config=configs/cifar100_lt.py:if100,paper --workdir=runs/c100
+  python -m ncl_jax.main --config=configs/cifar10_lt.py:quick --workdir=runs/quick \\
+      --config.dataset.name=cifar10_jpeg
+
+Several processes (multi-host GPU / TPU pods, or the local CPU test) are joined with
+jax.distributed.initialize: automatically on TPU VMs and SLURM, or from the flags below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ncl_jax.cli import run_cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/cifar100_lt.py:if100,paper.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-process runs without a "
+                                   "cluster environment that JAX detects by itself).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "auto: initialise jax.distributed when a cluster or the flags "
+                                 "above say there are several processes.")
+
+
+def _maybe_initialize_distributed() -> None:
+    explicit = _COORDINATOR.value is not None
+    if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not explicit
+                                       and not _cluster_detected()):
+        return
+    # Cross-process collectives on CPU devices need gloo; set before any backend starts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
+def _cluster_detected() -> bool:
+    """A SLURM job with several tasks (TPU pods pass --distributed=on explicitly)."""
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from ncl_jax.train import train_and_evaluate
+
+    def run():
+        _maybe_initialize_distributed()
+        logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+                     jax.process_count(), jax.local_device_count(), jax.device_count(),
+                     jax.default_backend())
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        if jax.process_index() == 0:
+            print(json.dumps(result))
+
+    run_cli(run)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
