@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ncl_jax import losses, optim
+from ncl_jax import losses, optim, pretrained
 from ncl_jax.config_utils import resolve_num_hard
 from ncl_jax.errors import DataError
 from ncl_jax.models import build_expert, resolve_strategy
@@ -63,8 +63,13 @@ def _initializer(config: ml_collections.ConfigDict, step_config: StepConfig):
 
 
 def create_state(config: ml_collections.ConfigDict, step_config: StepConfig) -> TrainState:
-    """The initial (unreplicated) train state from config.seed."""
-    return jit_run_once(_initializer(config, step_config), jax.random.PRNGKey(config.seed))
+    """The initial (unreplicated) train state from config.seed; with model.pretrained_path,
+    every expert's (and key encoder's) backbone starts from those weights. The file is read
+    before compiling, so a wrong path fails at once."""
+    path = config.model.pretrained_path
+    encoder = pretrained.load_encoder(path) if path else None
+    state = jit_run_once(_initializer(config, step_config), jax.random.PRNGKey(config.seed))
+    return state if encoder is None else pretrained.apply_pretrained(state, encoder)
 
 
 def abstract_state(config: ml_collections.ConfigDict, step_config: StepConfig) -> TrainState:

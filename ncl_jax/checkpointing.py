@@ -66,7 +66,11 @@ class RunCheckpoints:
                 continue
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep if kind == "checkpoints" else 1, create=not read_only,
-                read_only=read_only, enable_async_checkpointing=not read_only)
+                read_only=read_only, enable_async_checkpointing=not read_only,
+                # Three managers may save the same step: their multi-host barriers need
+                # distinct names.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=kind))
             self._managers[kind] = ocp.CheckpointManager(os.path.abspath(path), options=options,
                                                          item_names=("state", "meta"))
 

@@ -44,20 +44,16 @@ def accuracy_summary(correct: np.ndarray, totals: np.ndarray,
 def run_evaluation(p_eval_counts, replicated_state, batches: Iterable[dict],
                    group_masks: dict[str, np.ndarray]) -> dict:
     """Runs the pmapped per-class counting step over all eval batches (padded, masked)."""
+    from ncl_jax.train_step import unreplicate
+
     correct = totals = None
     for batch in batches:
-        c, t = p_eval_counts(replicated_state, batch)
-        c, t = c[0], t[0]  # psum'ed: identical on every device
+        # psum'ed over the pmap axis, which spans the devices of every process.
+        c, t = unreplicate(p_eval_counts(replicated_state, batch))
         correct = c if correct is None else correct + c
         totals = t if totals is None else totals + t
     if correct is None:
         raise ValueError("the evaluation split is empty; check dataset.eval_split.")
-    correct, totals = jax.device_get((correct, totals))
-    if jax.process_count() > 1:  # psum covers local devices only: add the other hosts
-        from jax.experimental import multihost_utils
-
-        correct, totals = (np.asarray(x).sum(0) for x in
-                           multihost_utils.process_allgather((correct, totals)))
     return accuracy_summary(correct, totals, group_masks)
 
 

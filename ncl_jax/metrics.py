@@ -40,6 +40,10 @@ class MetricSums:
             return {}, None
         host = jax.device_get(self._total)
         self._total = None
+        if jax.process_count() > 1:  # every process logs the same global means
+            from jax.experimental import multihost_utils
+
+            host = multihost_utils.process_allgather(host)
         first_bad = int(np.min(host.pop(NONFINITE_KEY, _NO_STEP)))
         means = {}
         for name, pair in host.items():

@@ -194,8 +194,11 @@ def replicate(tree: Any, devices=None) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a replicated tree."""
-    return jax.tree.map(lambda x: x[0], tree)
+    """The first local device's copy of a replicated tree, as host numpy arrays.
+
+    Reads the device buffer directly: indexing (x[0]) would launch a computation, which on a
+    multi-process run is not guaranteed to stay local to this process."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
 
 def pmap_train_step(cfg: StepConfig, *, donate: bool = True, devices=None):
