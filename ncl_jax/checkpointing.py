@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ncl_jax.errors import CheckpointError
 
@@ -48,6 +49,16 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return [k for k in keys if k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 
 
+def write_json_atomically(path: epath.PathLike, value: Any) -> None:
+    """Writes JSON via a temporary file and a rename (local disks and gs:// alike), so a
+    crash never leaves a half-written file."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
 def config_to_dict(config) -> dict:
     """A JSON-safe dict of a ConfigDict (tuples become lists, as after a JSON round trip)."""
     return json.loads(config.to_json_best_effort(sort_keys=True))
@@ -61,8 +72,8 @@ class RunCheckpoints:
         self.read_only = read_only
         self._managers: dict[str, ocp.CheckpointManager] = {}
         for kind in KINDS:
-            path = os.path.join(self.workdir, kind)
-            if read_only and not os.path.isdir(path):
+            path = epath.Path(self.workdir) / kind
+            if read_only and not path.is_dir():
                 continue
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep if kind == "checkpoints" else 1, create=not read_only,
@@ -71,22 +82,23 @@ class RunCheckpoints:
                 # distinct names.
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix=kind))
-            self._managers[kind] = ocp.CheckpointManager(os.path.abspath(path), options=options,
-                                                         item_names=("state", "meta"))
+            self._managers[kind] = ocp.CheckpointManager(
+                path if "://" in self.workdir else path.absolute(), options=options,
+                item_names=("state", "meta"))
 
     # ------------------------------------------------------------------ config
     @property
-    def config_path(self) -> str:
-        return os.path.join(self.workdir, "config.json")
+    def config_path(self) -> epath.Path:
+        return epath.Path(self.workdir) / "config.json"
 
     def saved_config(self) -> dict | None:
-        if not os.path.exists(self.config_path):
+        if not self.config_path.exists():
             return None
-        with open(self.config_path) as f:
-            return json.load(f)
+        return json.loads(self.config_path.read_text())
 
     def check_or_write_config(self, config) -> None:
-        """Refuses a workdir whose checkpoints come from a different config; else records it."""
+        """Refuses a workdir whose checkpoints come from a different config; records the
+        config of a fresh run (a resumed run leaves the recorded one untouched)."""
         current = config_to_dict(config)
         saved = self.saved_config()
         if saved is not None and self.latest_step() is not None:
@@ -98,12 +110,9 @@ class RunCheckpoints:
                     f"{self.workdir} holds checkpoints of a different config ({shown}"
                     f"{', ...' if len(diff) > 4 else ''}); use a new --workdir or the same "
                     "config.")
+            return
         if jax.process_index() == 0:
-            os.makedirs(self.workdir, exist_ok=True)
-            tmp = self.config_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(current, f, indent=2, sort_keys=True)
-            os.replace(tmp, self.config_path)
+            write_json_atomically(self.config_path, current)
 
     # ------------------------------------------------------------------ steps
     def steps(self, kind: str = "checkpoints") -> list[int]:

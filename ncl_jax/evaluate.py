@@ -9,7 +9,6 @@ loop and, as a CLI, on any Orbax checkpoint of a workdir, on any number of devic
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 
@@ -72,11 +71,10 @@ def format_table(result: dict) -> str:
 
 def write_result(workdir: str, step: int, result: dict) -> str:
     """Writes DIR/eval_<step>.json atomically (never a half-written file)."""
+    from ncl_jax.checkpointing import write_json_atomically
+
     path = os.path.join(workdir, f"eval_{step}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({**result, "step": step}, f, indent=2)
-    os.replace(tmp, path)
+    write_json_atomically(path, {**result, "step": step})
     return path
 
 

@@ -68,13 +68,13 @@ def _eval_scalars(result: dict) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains NCL as configured into `workdir` and returns the final metrics."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
+    checkpoints.check_or_write_config(config)
     info = data.get_dataset_info(config.dataset)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
     step_cfg = builders.make_step_config(config, class_counts=info.class_counts,
                                          steps_per_epoch=steps_per_epoch)
-    checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
-    checkpoints.check_or_write_config(config)
 
     meta: dict = {}
     latest = checkpoints.latest_step()

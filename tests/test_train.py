@@ -1,0 +1,236 @@
+"""The training program end to end on the smoke config (real offline CIFAR-10).
+
+Runs `python -m ncl_jax.main` in subprocesses, as users do: a run killed with SIGKILL and then
+stopped with SIGTERM ends, after resuming, with exactly the parameters of an uninterrupted
+run; the checkpoint evaluates to the JSON contract; bad input fails with one line.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ncl_jax.checkpointing import RunCheckpoints
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10_jpeg")),
+    reason=f"offline cifar10_jpeg not found under TFDS_DATA_DIR={TFDS_DIR!r}")
+
+# 4 epochs of 3 steps: enough for a kill after the first checkpoint and a SIGTERM mid-epoch.
+LONGER = ("--config.num_epochs=4", "--config.optim.milestones=(3,)")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment: 8 CPU devices, offline data, a shared compilation cache."""
+    out = dict(os.environ)
+    out["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    out["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    out["PYTHONPATH"] = str(REPO)
+    return out
+
+
+def _main_cmd(workdir, *overrides):
+    return [sys.executable, "-m", "ncl_jax.main", "--config=configs/smoke.py",
+            f"--workdir={workdir}", *overrides]
+
+
+def _run(cmd, env, timeout=600):
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _start(cmd, env):
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _wait_for_checkpoint(workdir, step, proc, timeout=300):
+    """Blocks until <workdir>/checkpoints/<step> is committed (Orbax renames on commit)."""
+    path = pathlib.Path(workdir, "checkpoints", str(step))
+    deadline = time.time() + timeout
+    while not path.is_dir():
+        assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {step}"
+        assert time.time() < deadline, f"no checkpoint {path} after {timeout}s"
+        time.sleep(0.02)
+
+
+def _final_state(workdir):
+    """(step, state as saved: nested dicts of numpy arrays) of the newest checkpoint."""
+    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(),
+                                    options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_names=("state", "meta"))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return step, restored["state"]
+
+
+def _assert_same_tree(a, b, exact=True):
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    leaves_b = jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for (path, x), y in zip(leaves_a, leaves_b, strict=True):
+        if exact:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+        else:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5,
+                                       err_msg=str(path))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _run(_main_cmd(workdir, *LONGER), env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_kill_then_sigterm_then_resume_ends_with_identical_parameters(env, uninterrupted,
+                                                                       tmp_path):
+    reference_dir, summary = uninterrupted
+    assert summary["step"] == 12 and not summary["preempted"]
+    workdir = tmp_path / "interrupted"
+
+    killed = _start(_main_cmd(workdir, *LONGER), env)
+    _wait_for_checkpoint(workdir, 3, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (workdir / "checkpoints" / "12").exists(), "the run finished before the kill"
+
+    stopped = _start(_main_cmd(workdir, *LONGER), env)
+    _wait_for_checkpoint(workdir, 6, stopped)
+    stopped.send_signal(signal.SIGTERM)  # lands mid-epoch 3 (or at its start)
+    assert stopped.wait(timeout=300) == 0
+    steps = RunCheckpoints(workdir, read_only=True).steps()
+    assert max(steps) < 12, f"SIGTERM did not stop the run early: {steps}"
+
+    resumed = _run(_main_cmd(workdir, *LONGER), env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    step_a, state_a = _final_state(reference_dir)
+    step_b, state_b = _final_state(workdir)
+    assert step_a == step_b == 12
+    _assert_same_tree(state_a, state_b, exact=True)
+
+
+def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
+    workdir, summary = uninterrupted
+    env1 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")  # trained on 8
+    result = _run([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"], env1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ensemble" in result.stdout and "best single" in result.stdout
+    with open(workdir / "eval_12.json") as f:
+        report = json.load(f)
+    assert report["step"] == 12 and report["num_examples"] == 256
+    assert len(report["experts"]) == 3
+    for entry in [*report["experts"], report["ensemble"], report["best_single"]]:
+        assert set(entry) >= {"top1", "many", "medium", "few"}
+    # Same numbers as the training run's own final evaluation on 8 devices.
+    final = summary["final"]
+    np.testing.assert_allclose(report["ensemble"]["top1"], final["ensemble"]["top1"])
+    np.testing.assert_allclose([e["top1"] for e in report["experts"]],
+                               [e["top1"] for e in final["experts"]])
+    best = RunCheckpoints(workdir, read_only=True)
+    assert best.steps("best_ensemble") and best.steps("best_single")
+
+
+# Two steps: float32 reduction order differs between 2x2 (gloo) and 1x4 devices, and these
+# tiny networks amplify it (measured: 5e-7 after 2 steps, 7e-4 after 6); a wrong batch split
+# or a missing collective shows up at 1e-1.
+SHORT = ("--config.num_epochs=1", "--config.steps_per_epoch=2", "--config.optim.milestones=(1,)")
+
+
+def test_two_processes_match_one_process(env, tmp_path):
+    """launch/local_cpu_multiprocess.sh: 2 processes x 2 CPU devices vs 1 x 4 devices."""
+    two_dir, one_dir = tmp_path / "two", tmp_path / "one"
+    env2 = dict(env, NUM_PROCESSES="2", DEVICES_PER_PROCESS="2",
+                PORT=str(23000 + os.getpid() % 2000))
+    two = subprocess.Popen(["bash", "launch/local_cpu_multiprocess.sh", "configs/smoke.py",
+                            str(two_dir), *SHORT], cwd=REPO, env=env2, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    single = _run(_main_cmd(one_dir, *SHORT),
+                  dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    two_out, two_err = two.communicate(timeout=600)
+    assert two.returncode == 0, two_err[-3000:]
+    assert single.returncode == 0, single.stderr[-3000:]
+    step_two, state_two = _final_state(two_dir)
+    step_one, state_one = _final_state(one_dir)
+    assert step_two == step_one == 2
+    _assert_same_tree(state_two, state_one, exact=False)
+    two_summary = json.loads(two_out.strip().splitlines()[-1])
+    one_summary = json.loads(single.stdout.strip().splitlines()[-1])
+    assert two_summary["final"]["num_examples"] == one_summary["final"]["num_examples"] == 256
+    np.testing.assert_allclose(two_summary["final"]["ensemble"]["top1"],
+                               one_summary["final"]["ensemble"]["top1"])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def _snapshot(workdir):
+    return sorted((str(p.relative_to(workdir)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in pathlib.Path(workdir).rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (("--config.dataset.name=cifar100",), ("cifar100", "TFDS_DATA_DIR")),
+    (("--config.batch_size=12",), ("batch_size=12", "8 devices")),
+    (("--config.moco.queue_size=40",), ("moco.queue_size=40",)),
+    (("--config.model.num_experts=0",), ("num_experts=0",)),
+])
+def test_bad_config_fails_with_one_line_before_compute(env, tmp_path, overrides, fragments):
+    _assert_one_line_error(_run(_main_cmd(tmp_path / "w", *overrides), env), *fragments)
+    assert not list((tmp_path / "w").glob("checkpoints/*"))
+
+
+def test_unknown_config_field_is_refused(env, tmp_path):
+    result = _run(_main_cmd(tmp_path / "w", "--config.dataset.nmae=x"), env)
+    assert result.returncode != 0 and "nmae" in result.stderr
+
+
+def test_workdir_of_a_different_config_is_refused_untouched(env, uninterrupted):
+    workdir, _ = uninterrupted
+    before = _snapshot(workdir)
+    result = _run(_main_cmd(workdir, *LONGER, "--config.loss.distill_weight=0.5"), env)
+    _assert_one_line_error(result, "different config", "loss.distill_weight")
+    assert _snapshot(workdir) == before
+
+
+def test_corrupt_checkpoint_fails_clearly_and_is_kept(env, uninterrupted, tmp_path):
+    source, _ = uninterrupted
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(source, workdir)
+    damaged = [p for p in (workdir / "checkpoints" / "12").rglob("*") if p.is_file()
+               and "ocdbt" not in p.name and p.stat().st_size > 1000]
+    for path in damaged:
+        path.write_bytes(b"\0" * 64)
+    before = _snapshot(workdir)
+    train = _run(_main_cmd(workdir, *LONGER), env)
+    _assert_one_line_error(train, "checkpoints/12", "cannot be read")
+    evaluate = _run([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"], env)
+    _assert_one_line_error(evaluate, "cannot be read")
+    assert _snapshot(workdir) == before
+
+
+def test_evaluate_on_an_empty_workdir_fails_with_one_line(env, tmp_path):
+    result = _run([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={tmp_path}"], env)
+    _assert_one_line_error(result, "no config.json")
