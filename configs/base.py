@@ -59,7 +59,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.classifier = "linear"  # "linear" (CIFAR) | "cosine" (ImageNet-LT, iNat, Places)
     m.cos_scale = 16.0  # fixed scale s of the cosine classifier (iNat 32)
     m.pretrained_path = ""  # local .npz of converted torchvision weights (Places ResNet-152)
-    m.expert_strategy = "auto"  # how stacked experts are applied: auto | vmap | loop | grouped
+    m.expert_strategy = "auto"  # how experts are applied: auto | vmap | loop | cpu_loop
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
     # ---------------------------------------------------------------- loss

@@ -9,13 +9,13 @@ from __future__ import annotations
 import ml_collections
 
 from ncl_jax.errors import ConfigError
-from ncl_jax.models import BACKBONES
+from ncl_jax.models import BACKBONES, STRATEGIES
 
 _CHOICES = {
     "variant": ("paper", "official"),
     "model.backbone": BACKBONES,
     "model.classifier": ("linear", "cosine"),
-    "model.expert_strategy": ("auto", "vmap", "loop"),
+    "model.expert_strategy": ("auto", *STRATEGIES),
     "model.dtype": ("float32", "bfloat16"),
     "loss.hard_probs": ("restricted", "masked_logits"),
     "loss.nil_hard_set": ("per_expert", "anchor"),

@@ -1,12 +1,14 @@
 """Backbones, heads and stacked experts: sizes, initialisation, and strategy equivalence."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncl_jax.models import Expert, apply_stacked, init_stacked
-from ncl_jax.models.experts import jit_run_once
+from ncl_jax.models import STRATEGIES, Expert, apply_stacked, init_stacked, resolve_strategy
+from ncl_jax.models.experts import fusion_barrier, jit_run_once
 from ncl_jax.models.heads import CosineHead, LinearHead, ProjectionMLP
 from ncl_jax.models.resnet import ResNet
 from ncl_jax.models.resnet_cifar import BasicBlockA, ResNetCifar
@@ -114,30 +116,71 @@ def test_stacked_layout_has_leading_expert_axis_and_independent_init(stacked_var
     assert not np.allclose(kernel[0], kernel[1]) and not np.allclose(kernel[1], kernel[2])
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_strategies_give_same_outputs_stats_and_gradients(stacked_variables, train):
-    expert, variables = stacked_variables
+@functools.cache
+def _strategy_run(strategy: str, train: bool):
+    """Outputs, new BatchNorm statistics and parameter gradients of the tiny stacked experts."""
+    expert = Expert(**TINY)
+    variables = jit_run_once(lambda r: init_stacked(expert, 3, r, jnp.zeros((1, 8, 8, 3))),
+                             jax.random.PRNGKey(0))
     images = jax.random.normal(jax.random.PRNGKey(4), (4, 8, 8, 3))
 
-    def run(strategy):
-        def loss(params):
-            out, stats = apply_stacked(expert, params, variables["batch_stats"], images,
-                                       train=train, strategy=strategy)
-            weights = jnp.arange(1.0, 1.0 + out["logits"].size).reshape(out["logits"].shape)
-            return jnp.sum(out["logits"] * weights) + jnp.sum(out["projections"] ** 2), (
-                out, stats)
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    def loss(params):
+        out, stats = apply_stacked(expert, params, variables["batch_stats"], images,
+                                   train=train, strategy=strategy)
+        weights = jnp.arange(1.0, 1.0 + out["logits"].size).reshape(out["logits"].shape)
+        return jnp.sum(out["logits"] * weights) + jnp.sum(out["projections"] ** 2), (out, stats)
 
-    (_, (out_v, stats_v)), grad_v = run("vmap")
-    (_, (out_l, stats_l)), grad_l = run("loop")
-    for a, b in zip(jax.tree.leaves((out_v, stats_v, grad_v)),
-                    jax.tree.leaves((out_l, stats_l, grad_l)), strict=True):
+    (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        variables["params"])
+    return variables, out, stats, grads
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "vmap"])
+def test_strategies_give_same_outputs_stats_and_gradients(strategy, train):
+    variables, *reference = _strategy_run("vmap", train)
+    _, *result = _strategy_run(strategy, train)
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(result), strict=True):
         scale = max(1.0, float(np.abs(np.asarray(b)).max()))  # float32 summation-order noise
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
     if train:  # running statistics moved: BatchNorm really ran in training mode
-        moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), stats_v,
+        moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), result[1],
                              variables["batch_stats"])
         assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_auto_strategy_per_platform_and_explicit_override():
+    assert resolve_strategy("auto", "cpu") == "cpu_loop"
+    assert resolve_strategy("auto", "gpu") == "vmap"
+    assert resolve_strategy("auto", "tpu") == "vmap"
+    assert resolve_strategy("loop", "gpu") == "loop"
+
+
+def test_bfloat16_experts_keep_float32_outputs_statistics_and_gradients():
+    expert = Expert(**TINY, dtype=jnp.bfloat16)
+    variables = init_stacked(expert, 2, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    images = jax.random.normal(jax.random.PRNGKey(4), (4, 8, 8, 3))
+
+    def loss(params):
+        out, stats = apply_stacked(expert, params, variables["batch_stats"], images, train=True,
+                                   strategy="cpu_loop")
+        return jnp.sum(out["logits"]) + jnp.sum(out["projections"]), (out, stats)
+
+    (value, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        variables["params"])
+    assert value.dtype == jnp.float32 and np.isfinite(float(value))
+    for leaf in jax.tree.leaves((out, stats, grads)):
+        assert leaf.dtype == jnp.float32
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_fusion_barrier_is_an_exact_identity_with_identity_gradient():
+    x = jax.random.normal(jax.random.PRNGKey(5), (3, 4)).astype(jnp.bfloat16)
+    y, vjp = jax.vjp(jax.jit(fusion_barrier), x)
+    assert y.dtype == jnp.bfloat16 and np.array_equal(np.asarray(y), np.asarray(x))
+    assert np.array_equal(np.asarray(vjp(x)[0]), np.asarray(x))
+    hlo = jax.jit(fusion_barrier).lower(x).compile().as_text()
+    assert "divide" in hlo  # not folded away, so XLA cannot duplicate what feeds it
 
 
 def test_unknown_backbone_and_strategy_fail_clearly(stacked_variables):

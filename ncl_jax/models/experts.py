@@ -3,10 +3,16 @@
 The state layout is the contract: every leaf of `params` / `batch_stats` has a leading axis K,
 created by `nn.vmap` with independent initialisation per expert. How the stacked experts are
 *applied* is a separate choice, because the fastest way differs by platform:
-  "vmap"  nn.vmap over the expert axis (batched convolutions);
-  "loop"  a Python loop over the K slices inside one jit (XLA overlaps the experts; on CPU
-          ~14x faster than vmap for ResNet-32, see perf_notes.md).
-All strategies compute the same function (tests/test_experts.py checks values and gradients).
+  "vmap"      nn.vmap over the expert axis: one batched (grouped) convolution per layer for
+              all K experts; the GPU/TPU default.
+  "loop"      a Python loop over the K slices inside one jit; XLA runs the independent experts
+              side by side. On CPU a batched convolution is ~15x slower than K separate ones.
+  "cpu_loop"  "loop", plus every residual block's output made a value XLA:CPU keeps in memory
+              (`fusion_barrier`) instead of recomputing the whole chain of earlier blocks
+              inside each layout-changing copy of the backward pass; ~1.5x less CPU time and
+              1.3-1.4x faster K=3 ResNet-32 NCL steps than "loop". The CPU default.
+All strategies compute the same function (tests/test_models.py checks values and gradients);
+measurements: README "Performance", `python -m ncl_jax.benchmark`.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ncl_jax.models.heads import CosineHead, LinearHead, ProjectionMLP
-from ncl_jax.models.resnet import GROUPS, STAGE_SIZES, ResNet
-from ncl_jax.models.resnet_cifar import ResNetCifar
+from ncl_jax.models.resnet import GROUPS, STAGE_SIZES, Bottleneck, ResNet
+from ncl_jax.models.resnet_cifar import BasicBlockA, ResNetCifar
 
-STRATEGIES = ("vmap", "loop")
+STRATEGIES = ("vmap", "loop", "cpu_loop")
+RESIDUAL_BLOCKS = (BasicBlockA, Bottleneck)
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
                         "xla_llvm_disable_expensive_passes": True}
 BACKBONES = ("resnet32_cifar",) + tuple(STAGE_SIZES)
@@ -102,6 +109,25 @@ def num_experts_of(params) -> int:
     return jax.tree.leaves(params)[0].shape[0]
 
 
+def fusion_barrier(x: jax.Array) -> jax.Array:
+    """x, as a value XLA keeps in memory rather than recomputes inside its consumers.
+
+    XLA duplicates cheap elementwise producers into every consumer fusion; along a residual
+    stream that recomputes all earlier blocks' BatchNorm/add/ReLU inside each backward
+    transpose. A float division counts as expensive, so it is never duplicated; dividing by
+    a 1 hidden behind an optimisation barrier (not constant-folded) is exact.
+    """
+    return x / jax.lax.optimization_barrier(jnp.ones((), x.dtype))
+
+
+def _barrier_after_blocks(next_fun, args, kwargs, context):
+    """Flax method interceptor: `fusion_barrier` on every residual block's output."""
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and isinstance(context.module, RESIDUAL_BLOCKS):
+        return fusion_barrier(out)
+    return out
+
+
 def apply_stacked(expert: Expert, params, batch_stats, images, *, train: bool,
                   strategy: str = "loop"):
     """Runs all K experts on the same images.
@@ -111,6 +137,10 @@ def apply_stacked(expert: Expert, params, batch_stats, images, *, train: bool,
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"model.expert_strategy={strategy!r}; use one of {STRATEGIES} or 'auto'.")
+    if strategy == "cpu_loop":
+        with nn.intercept_methods(_barrier_after_blocks):
+            return apply_stacked(expert, params, batch_stats, images, train=train,
+                                 strategy="loop")
     k = num_experts_of(params)
     variables = {"params": params, "batch_stats": batch_stats}
     if strategy == "vmap":
@@ -135,8 +165,9 @@ def apply_stacked(expert: Expert, params, batch_stats, images, *, train: bool,
 
 
 def resolve_strategy(strategy: str, platform: str | None = None) -> str:
-    """'auto' -> the measured fastest strategy for the platform (see ncl_jax.benchmark)."""
+    """'auto' -> the measured fastest strategy for the platform: "cpu_loop" on CPU; "vmap"
+    elsewhere (one wide kernel per layer; not measured on a GPU or TPU in this project yet)."""
     if strategy != "auto":
         return strategy
     platform = platform or jax.default_backend()
-    return "loop" if platform == "cpu" else "vmap"
+    return "cpu_loop" if platform == "cpu" else "vmap"

@@ -1,0 +1,79 @@
+"""The benchmark CLI end to end: tiny networks, one timed step, no timing checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REQUIRED = ("ms_per_step", "img_per_s", "compile_s", "peak_rss_mb", "num_experts", "batch_size",
+            "platform")
+TINY = ["--config=configs/smoke.py", "--config.dataset.image_size=8", "--steps=1", "--warmup=1",
+        "--repeats=1"]
+
+# Runs the CLI in-process with TensorFlow made unimportable, then reports whether it was loaded.
+_NO_TF = """
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ImportError(f"{name} is blocked by the test")
+sys.meta_path.insert(0, Block())
+sys.argv = ["benchmark", *sys.argv[1:]]
+try:
+    runpy.run_module("ncl_jax.benchmark", run_name="__main__")
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print("TF_LOADED", "tensorflow" in sys.modules, file=sys.stderr)
+"""
+
+
+def _run(args: list[str], *, env: dict[str, str] | None = None,
+         block_tf: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", _NO_TF] if block_tf else [
+        sys.executable, "-m", "ncl_jax.benchmark"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})}
+    result = subprocess.run(command + args, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_step_benchmark_runs_without_tensorflow_and_ends_with_the_json_line():
+    result = _run([*TINY, "--mode=step", "--experts=2,1", "--moco=both"], block_tf=True)
+    summary = _last_json(result.stdout)
+    assert all(summary[key] is not None for key in REQUIRED), summary
+    assert summary["platform"] == "cpu" and summary["num_experts"] == 2
+    assert summary["batch_size"] == 16 and summary["moco"] is True
+    assert summary["expert_strategy"] == "cpu_loop"  # auto on CPU
+    assert [(r["num_experts"], r["moco"]) for r in summary["rows"]] == [
+        (2, True), (2, False), (1, True), (1, False)]
+    assert summary["img_per_s"] == pytest.approx(16e3 / summary["ms_per_step"])
+    assert "ms/step" in result.stdout  # the table
+    assert "TF_LOADED False" in result.stderr
+
+
+def test_bfloat16_strategy_override_and_two_devices_run_end_to_end():
+    two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    summary = _last_json(_run([*TINY, "--mode=step", "--strategies=vmap,loop",
+                               "--config.model.dtype=bfloat16", "--config.model.num_experts=2"],
+                              env=two_devices).stdout)
+    assert summary["dtype"] == "bfloat16" and summary["expert_strategy"] == "vmap"
+    assert summary["num_devices"] == 2
+    assert [r["strategy"] for r in summary["rows"]] == ["vmap", "loop"]
+
+
+def test_all_mode_reports_a_pipeline_it_cannot_run_and_still_times_the_step(tmp_path):
+    summary = _last_json(_run([*TINY, "--mode=all", "--experts=1", "--moco=off",
+                               f"--config.dataset.data_dir={tmp_path}"],
+                              env={"TFDS_DATA_DIR": str(tmp_path)}).stdout)
+    assert summary["ms_per_step"] > 0 and "skipped" in summary["pipeline"]
