@@ -29,7 +29,7 @@ def cifar_config(arg: str | None, *, name: str, num_classes: int):
 def quick(c):
     """A first run on a CPU in minutes: ResNet-8 experts, 4 epochs; far from paper accuracy."""
     c.model.depth = 1
-    c.batch_size = 128
+    c.batch_size = 64
     c.num_epochs = 4
     c.optim.warmup_epochs = 1
     c.optim.milestones = (3,)

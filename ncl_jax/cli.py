@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ncl_jax.errors import CheckpointError, ConfigError, DataError
+from ncl_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 # Input errors only: anything else is a bug and keeps its traceback.
 EXPECTED = (ConfigError, DataError, CheckpointError, FileNotFoundError)
@@ -30,6 +30,12 @@ def run_cli(fn: Callable[[], object]) -> object:
     try:
         return fn()
     except EXPECTED as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _exit_with(err, 2)
+    except TrainingDiverged as err:  # not bad input, but nothing a traceback would explain
+        _exit_with(err, 1)
+
+
+def _exit_with(err: Exception, status: int) -> None:
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)

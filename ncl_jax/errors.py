@@ -15,3 +15,7 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, partial or from a different configuration."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""

@@ -21,13 +21,10 @@ from clu import metric_writers, periodic_actions
 from ncl_jax import builders, data
 from ncl_jax.checkpointing import RunCheckpoints
 from ncl_jax.config_utils import validate_config
+from ncl_jax.errors import TrainingDiverged
 from ncl_jax.evaluate import run_evaluation
 from ncl_jax.metrics import MetricSums
 from ncl_jax.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 class _SigtermFlag:

@@ -231,6 +231,16 @@ def test_corrupt_checkpoint_fails_clearly_and_is_kept(env, uninterrupted, tmp_pa
     assert _snapshot(workdir) == before
 
 
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(env, tmp_path):
+    # Epoch 1 trains normally (checkpoint at step 3); from epoch 2 the rate is 1e31.
+    blow_up = ("--config.optim.milestones=(2,)", "--config.optim.decay_factor=1e32")
+    result = _run(_main_cmd(tmp_path, *blow_up), env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "non-finite at step" in last and "checkpoint is step 3" in last, last
+    assert RunCheckpoints(tmp_path, read_only=True).steps() == [3]
+
+
 def test_evaluate_on_an_empty_workdir_fails_with_one_line(env, tmp_path):
     result = _run([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={tmp_path}"], env)
     _assert_one_line_error(result, "no config.json")
