@@ -13,7 +13,8 @@ The paper does not give the MoCo queue/dim for ImageNet-LT; we use the official 
 (queue 65,536, dim 1,024, tau 0.2), an assumption.
 """
 
-from configs.base import apply_variant, get_base_config, parse_args
+from configs.base import apply_variant, parse_args
+from configs.large_common import large_image_config
 
 
 def get_config(arg: str | None = None):
@@ -22,30 +23,16 @@ def get_config(arg: str | None = None):
     if flags - {"resnet50", "resnext50"}:
         raise ValueError(f"unknown config args {sorted(flags)}; use resnet50|resnext50, "
                          "paper|official.")
-    c = get_base_config()
-    d = c.dataset
-    d.source = "split_list"
-    d.name = "imagenet_lt"
-    d.num_classes = 1000
-    d.imbalance_factor = 0.0  # the split list is already long-tailed
-    d.image_size = 224
-    d.train_view = "imagenet_randaugment"
-    d.key_view = "imagenet_randaugment"
-    d.eval_view = "resize_center_crop"
-    d.normalization = "imagenet"
-    d.cache = False
-    c.model.backbone = "resnext50_32x4d" if "resnext50" in flags else "resnet50"
-    c.model.classifier = "cosine"
-    c.model.cos_scale = 16.0
+    c = large_image_config(
+        name="imagenet_lt", num_classes=1000, view="imagenet_randaugment",
+        normalization="imagenet",
+        backbone="resnext50_32x4d" if "resnext50" in flags else "resnet50")
+    c.dataset.source = "split_list"
     c.batch_size = 256
-    c.eval_batch_size = 512
     c.optim.learning_rate = 0.2
     c.optim.schedule = "cosine"
-    c.moco.queue_size = 65536
-    c.moco.dim = 1024
     variant = args.get("variant", "paper")
     apply_variant(c, variant)
     c.num_epochs = 400 if variant == "paper" else 200
     c.moco.enabled = variant == "paper"
-    c.log_every_steps = 100
     return c

@@ -10,37 +10,24 @@ Data: TFDS `i_naturalist2018` (train as is: it is naturally long-tailed; eval on
 MoCo queue/dim for the paper variant follow the official Places values (an assumption).
 """
 
-from configs.base import apply_variant, get_base_config, parse_args
+from configs.base import apply_variant, parse_args
+from configs.large_common import large_image_config
 
 
 def get_config(arg: str | None = None):
     args = parse_args(arg)
     if args.get("flags"):
         raise ValueError(f"unknown config args {args['flags']}; use paper|official.")
-    c = get_base_config()
-    d = c.dataset
-    d.name = "i_naturalist2018"
-    d.num_classes = 8142
-    d.imbalance_factor = 0.0
-    d.eval_split = "validation"
-    d.image_size = 224
-    d.train_view = "imagenet_randaugment"
-    d.key_view = "imagenet_randaugment"
-    d.eval_view = "resize_center_crop"
-    d.normalization = "inat"
-    d.cache = False
-    c.model.backbone = "resnet50"
-    c.model.classifier = "cosine"
+    c = large_image_config(name="i_naturalist2018", num_classes=8142,
+                           view="imagenet_randaugment", normalization="inat",
+                           backbone="resnet50")
+    c.dataset.eval_split = "validation"
     c.model.cos_scale = 32.0
     c.batch_size = 512
-    c.eval_batch_size = 512
     c.num_epochs = 400
     c.optim.learning_rate = 0.2
     c.optim.schedule = "cosine"
-    c.moco.queue_size = 65536
-    c.moco.dim = 1024
     variant = args.get("variant", "paper")
     apply_variant(c, variant)
     c.moco.enabled = variant == "paper"
-    c.log_every_steps = 100
     return c

@@ -16,35 +16,21 @@ Pretrained weights are read from a local file only: convert torchvision's resnet
 `python -m ncl_jax.pretrained --torch_checkpoint=resnet152-b121ed2d.pth --out=FILE.npz`.
 """
 
-from configs.base import apply_variant, get_base_config, parse_args
+from configs.base import apply_variant, parse_args
+from configs.large_common import large_image_config
 
 
 def get_config(arg: str | None = None):
     args = parse_args(arg)
     if args.get("flags"):
         raise ValueError(f"unknown config args {args['flags']}; use paper|official.")
-    c = get_base_config()
-    d = c.dataset
-    d.source = "split_list"
-    d.name = "places_lt"
-    d.num_classes = 365
-    d.imbalance_factor = 0.0
-    d.image_size = 224
-    d.train_view = "places_sim"
-    d.key_view = "places_sim"
-    d.eval_view = "resize_center_crop"
-    d.normalization = "imagenet"
-    d.cache = False
-    c.model.backbone = "resnet152"
-    c.model.classifier = "cosine"
-    c.model.cos_scale = 16.0
+    c = large_image_config(name="places_lt", num_classes=365, view="places_sim",
+                           normalization="imagenet", backbone="resnet152")
+    c.dataset.source = "split_list"
     c.batch_size = 256
-    c.eval_batch_size = 512
     c.num_epochs = 30
     c.optim.learning_rate = 0.02
     c.optim.milestones = (10, 20)
-    c.moco.queue_size = 65536
-    c.moco.dim = 1024
     variant = args.get("variant", "paper")
     if variant == "official":
         c.loss.num_hard = 121  # official HCM_N = 122 of 365 (about C/3), label included

@@ -1,0 +1,64 @@
+"""Every config file and argument loads, validates, and sets the recipe its docstring states."""
+
+import importlib
+
+import pytest
+
+from configs.base import apply_variant, get_base_config
+from ncl_jax.config_utils import resolve_num_hard, validate_config
+from ncl_jax.errors import ConfigError
+
+# (file, arg) -> (variant, num_hard, moco, epochs, train view)
+EXPECTED = {
+    ("cifar100_lt", "if100"): ("paper", 30, True, 400, "cifar_randaugment"),
+    ("cifar100_lt", "if50,official"): ("official", 29, False, 400, "cifar_autoaugment"),
+    ("cifar100_lt", "official,contrastive"): ("official", 29, True, 400, "cifar_autoaugment"),
+    ("cifar10_lt", "if100"): ("paper", 3, True, 400, "cifar_randaugment"),
+    ("cifar10_lt", "quick"): ("paper", 3, True, 4, "cifar_randaugment"),
+    ("imagenet_lt", "resnext50"): ("paper", 300, True, 400, "imagenet_randaugment"),
+    ("imagenet_lt", "official"): ("official", 299, False, 200, "imagenet_randaugment"),
+    ("inat2018", ""): ("paper", 2443, True, 400, "imagenet_randaugment"),
+    ("inat2018", "official"): ("official", 2441, False, 400, "imagenet_randaugment"),
+    ("places_lt", ""): ("paper", 110, True, 30, "places_sim"),
+    ("places_lt", "official"): ("official", 121, True, 30, "places_sim"),
+    ("smoke", ""): ("paper", 3, True, 2, "cifar_autoaugment"),
+}
+
+
+@pytest.mark.parametrize("name, arg", list(EXPECTED))
+def test_config_files(name, arg):
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    validate_config(config, num_devices=8)
+    variant, num_hard, moco, epochs, view = EXPECTED[(name, arg)]
+    assert (config.variant, resolve_num_hard(config), config.moco.enabled, config.num_epochs,
+            config.dataset.train_view) == (variant, num_hard, moco, epochs, view)
+    assert config.moco.ema_repeats == (1 if variant == "paper" else config.model.num_experts)
+
+
+def test_imagenet_official_recipe_and_cifar_if_argument():
+    config = importlib.import_module("configs.imagenet_lt").get_config("official")
+    assert (config.optim.schedule, config.optim.learning_rate) == ("cosine", 0.2)
+    assert importlib.import_module("configs.cifar10_lt").get_config(
+        "if50").dataset.imbalance_factor == 50.0
+
+
+def test_unknown_argument_and_variant_are_refused():
+    with pytest.raises(ValueError, match="unknown config args"):
+        importlib.import_module("configs.cifar100_lt").get_config("if100,fast")
+    with pytest.raises(ValueError, match="variant='papr'"):
+        apply_variant(get_base_config(), "papr")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model.num_experts", 0, "num_experts=0"),
+    ("batch_size", 60, "batch_size=60"),
+    ("moco.queue_size", 100, "moco.queue_size=100"),
+    ("loss.num_hard", 100, "loss.num_hard"),
+    ("model.expert_strategy", "scan", "expert_strategy='scan'"),
+])
+def test_inconsistent_values_fail_validation(field, value, message):
+    config = get_base_config()
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate_config(config, num_devices=8)
