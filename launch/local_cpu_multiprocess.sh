@@ -5,6 +5,7 @@
 #       configs/smoke.py /tmp/ncl_mp [--config.x=y ...]
 # Used by tests/test_train.py. Exits non-zero if any process fails; process 0's output
 # goes to stdout, the others' to WORKDIR/process_<i>.log.
+# PYTHON selects the interpreter (default: python on PATH).
 set -euo pipefail
 config=${1:?usage: $0 CONFIG[:ARGS] WORKDIR [--config.overrides...]}
 workdir=${2:?usage: $0 CONFIG[:ARGS] WORKDIR [--config.overrides...]}
@@ -17,7 +18,7 @@ mkdir -p "$workdir"
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"  # last one wins
 pids=()
 for ((i = n - 1; i >= 0; i--)); do
-  cmd=(python -m ncl_jax.main --config="$config" --workdir="$workdir"
+  cmd=("${PYTHON:-python}" -m ncl_jax.main --config="$config" --workdir="$workdir"
        --coordinator_address="localhost:$port" --num_processes="$n" --process_id="$i" "$@")
   if ((i == 0)); then
     "${cmd[@]}" &

@@ -10,4 +10,4 @@ shift 2
 cd "$(dirname "$0")/.."
 # Let JAX use GPU memory as it needs it, next to the host-side tf.data pipeline.
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
-exec python -m ncl_jax.main --config="$config" --workdir="$workdir" "$@"
+exec "${PYTHON:-python}" -m ncl_jax.main --config="$config" --workdir="$workdir" "$@"

@@ -154,7 +154,7 @@ SHORT = ("--config.num_epochs=1", "--config.steps_per_epoch=2", "--config.optim.
 def test_two_processes_match_one_process(env, tmp_path):
     """launch/local_cpu_multiprocess.sh: 2 processes x 2 CPU devices vs 1 x 4 devices."""
     two_dir, one_dir = tmp_path / "two", tmp_path / "one"
-    env2 = dict(env, NUM_PROCESSES="2", DEVICES_PER_PROCESS="2",
+    env2 = dict(env, NUM_PROCESSES="2", DEVICES_PER_PROCESS="2", PYTHON=sys.executable,
                 PORT=str(23000 + os.getpid() % 2000))
     two = subprocess.Popen(["bash", "launch/local_cpu_multiprocess.sh", "configs/smoke.py",
                             str(two_dir), *SHORT], cwd=REPO, env=env2, stdout=subprocess.PIPE,
