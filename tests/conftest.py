@@ -3,6 +3,8 @@
 import os
 import pathlib
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,3 +13,12 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHARED_TFDS = _REPO.parent / "shared" / "tensorflow_datasets"
 if "TFDS_DATA_DIR" not in os.environ and _SHARED_TFDS.is_dir():
     os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
+
+
+@pytest.fixture
+def identity_view(monkeypatch):
+    """Data tests: replaces every augmentation view by pixels / 255 (data_helpers)."""
+    from ncl_jax.data import pipeline
+    from tests.data_helpers import identity_views
+
+    monkeypatch.setattr(pipeline, "_make_view", identity_views)

@@ -21,7 +21,7 @@ from PIL import Image
 from ncl_jax import data
 from ncl_jax.data import augment, pipeline, sources
 from ncl_jax.data.datasets import resolve
-from tests.test_datasets import dataset_config, ldam_subset, read_ids, write_images
+from tests.data_helpers import dataset_config, ldam_subset, read_ids, write_images
 
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 FIRST_TRAIN_LABELS = [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]  # official release order
@@ -178,7 +178,7 @@ def test_cifar10_determinism_resume_and_sharding(cifar, standin):
 
 @pytest.fixture
 def tiny_folder(tmp_path):
-    """30 + 10 + 6 PNG images whose first pixel spells their id (see test_datasets.id_image)."""
+    """30 + 10 + 6 PNG images whose first pixel spells their id (see data_helpers.id_image)."""
     sizes = (30, 10, 6)
     train = [f"train/c{c}/{i:02d}.png" for c, n in enumerate(sizes) for i in range(n)]
     write_images(tmp_path, train)

@@ -3,7 +3,7 @@
 Every op takes and returns a float32 [H, W, 3] image in pixel space whose values are integers in
 [0, 255]: the official code runs these ops on 8-bit PIL images, which round after every op, so
 the ops here round the same way. The lookup, blend and affine ops reproduce PIL bit for bit
-(bilinear shear to within one level); tests/test_augment.py checks each against PIL. No op
+(bilinear shear to within one level); tests/test_augment_ops.py checks each against PIL. No op
 draws random numbers: callers pass the sampled parameters, so determinism is decided in one
 place (`augment.py`).
 """
