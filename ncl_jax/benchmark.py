@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ncl_jax import builders
+from ncl_jax import builders, host_devices
 from ncl_jax.config_utils import validate_config
 from ncl_jax.data.long_tail import long_tailed_counts
 from ncl_jax.models import resolve_strategy
@@ -239,6 +239,7 @@ def main(argv) -> None:
     from ncl_jax.cli import run_cli
 
     def go():
+        host_devices.configure_for(_CONFIG.value)  # as ncl_jax.main does, before JAX starts
         summary = run(_CONFIG.value, mode=_MODE.value, steps=_STEPS.value, warmup=_WARMUP.value,
                       repeats=_REPEATS.value, experts=_EXPERTS.value, moco=_MOCO.value,
                       strategies=_STRATEGIES.value, pipeline_batches=_PIPELINE_BATCHES.value)

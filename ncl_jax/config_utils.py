@@ -65,6 +65,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
             raise ConfigError(
                 f"{name}={size} does not split over {num_devices} devices "
                 f"({num_processes} processes); use a multiple of {num_devices}.")
+    cpu_devices = config.get("cpu_devices", -1)
+    if cpu_devices != -1 and cpu_devices < 1:
+        raise ConfigError(f"cpu_devices={cpu_devices}: use -1 (one per core) or a count >= 1.")
     if config.num_epochs < 1:
         raise ConfigError(f"num_epochs={config.num_epochs} must be >= 1.")
     if config.moco.enabled:

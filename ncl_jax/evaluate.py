@@ -82,7 +82,7 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     """Restores a checkpoint of `workdir` on however many devices are here and evaluates it."""
     import ml_collections
 
-    from ncl_jax import builders, data
+    from ncl_jax import builders, data, host_devices
     from ncl_jax.checkpointing import RunCheckpoints
     from ncl_jax.errors import CheckpointError
     from ncl_jax.train_step import pmap_eval_counts_step, replicate
@@ -92,8 +92,11 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     if saved is None:
         raise CheckpointError(f"{workdir} has no config.json: it is not an ncl_jax workdir "
                               "(train into it with python -m ncl_jax.main first).")
-    kind, step = checkpoints.find(step)
     config = ml_collections.ConfigDict(saved)
+    # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
+    host_devices.configure(int(config.get("cpu_devices", -1)),
+                           batch_sizes=(int(config.eval_batch_size),))
+    kind, step = checkpoints.find(step)
     info = data.get_dataset_info(config.dataset)
     step_cfg = builders.make_step_config(config, class_counts=info.class_counts,
                                          steps_per_epoch=1)

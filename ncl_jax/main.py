@@ -17,6 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ncl_jax import host_devices
 from ncl_jax.cli import run_cli
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,10 +33,22 @@ _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                                  "above say there are several processes.")
 
 
-def _maybe_initialize_distributed() -> None:
+def _distributed_requested() -> bool:
     explicit = _COORDINATOR.value is not None
-    if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not explicit
-                                       and not _cluster_detected()):
+    return _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (
+        explicit or _cluster_detected()))
+
+
+def _configure_cpu_devices() -> None:
+    """One XLA device per core on CPU hosts (ncl_jax.host_devices); before JAX starts."""
+    config = _CONFIG.value
+    if _distributed_requested() and config.cpu_devices == -1:
+        return  # per-process batch sizes are unknown here; the launchers set their own count
+    host_devices.configure_for(config)
+
+
+def _maybe_initialize_distributed() -> None:
+    if not _distributed_requested():
         return
     # Cross-process collectives on CPU devices need gloo; set before any backend starts.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -54,6 +67,7 @@ def main(argv) -> None:
     from ncl_jax.train import train_and_evaluate
 
     def run():
+        _configure_cpu_devices()
         _maybe_initialize_distributed()
         logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                      jax.process_count(), jax.local_device_count(), jax.device_count(),

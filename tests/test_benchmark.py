@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from ncl_jax import host_devices
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED = ("ms_per_step", "img_per_s", "compile_s", "peak_rss_mb", "num_experts", "batch_size",
             "platform")
@@ -73,7 +75,13 @@ def test_bfloat16_strategy_override_and_two_devices_run_end_to_end():
 
 
 def test_all_mode_reports_a_pipeline_it_cannot_run_and_still_times_the_step(tmp_path):
+    # Also: with XLA_FLAGS empty, the host is split as cpu_devices=-1 (auto) says.
     summary = _last_json(_run([*TINY, "--mode=all", "--experts=1", "--moco=off",
-                               f"--config.dataset.data_dir={tmp_path}"],
+                               "--config.batch_size=32", f"--config.dataset.data_dir={tmp_path}"],
                               env={"TFDS_DATA_DIR": str(tmp_path)}).stdout)
     assert summary["ms_per_step"] > 0 and "skipped" in summary["pipeline"]
+    expected = host_devices.choose_count(-1, batch_sizes=(32, 128), sync_batch_stats=True,
+                                         cores=host_devices.available_cores())
+    assert summary["num_devices"] == expected
+    assert (f"--xla_force_host_platform_device_count={expected}" in summary["xla_flags"]) == (
+        expected > 1)

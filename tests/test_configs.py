@@ -55,6 +55,7 @@ def test_unknown_argument_and_variant_are_refused():
     ("moco.queue_size", 100, "moco.queue_size=100"),
     ("loss.num_hard", 100, "loss.num_hard"),
     ("model.expert_strategy", "scan", "expert_strategy='scan'"),
+    ("cpu_devices", 0, "cpu_devices=0"),
 ])
 def test_inconsistent_values_fail_validation(field, value, message):
     config = get_base_config()
