@@ -1,9 +1,9 @@
 """Splits a CPU host into several XLA devices, so that one data-parallel step uses every core.
 
 Why: XLA:CPU runs most operations of a ResNet-32 step (its YNNPACK convolutions, reductions,
-transposes) on one thread each, and one after another: on 2 cores a 1-device step keeps
-about 1.1 cores busy. The same pmapped step on one device per core runs the per-device
-halves side by side (measured on 2 cores: K=3 NCL step 2380 -> 1918 ms, README Performance).
+transposes) on one thread each, and one after another, so on one device the other cores
+mostly idle. The same pmapped step on one device per core runs the per-device shares side by
+side (2 cores, K=3 NCL step with MoCo: 3874 -> 2717 ms; README, Performance).
 Batch statistics are synchronised over all devices (`sync_batch_stats`), so the update is
 the same as on one device, up to float summation order; checkpoints do not depend on the
 device count.
@@ -46,7 +46,7 @@ def choose_count(requested: int, *, batch_sizes: tuple[int, ...], sync_batch_sta
     if requested > 0:
         return requested
     if requested != -1:
-        raise ConfigError(f"cpu_devices={requested}: use -1 (auto) or a count >= 1.")
+        raise ConfigError(f"cpu_devices={requested}: use -1 (one per core) or a count >= 1.")
     if not sync_batch_stats:
         return 1
     for count in range(max(1, cores), 1, -1):
