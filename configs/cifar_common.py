@@ -8,8 +8,9 @@ def cifar_config(arg: str | None, *, name: str, num_classes: int):
     flags = set(filter(None, args.get("flags", "").split(",")))
     unknown = flags - {"contrastive", "quick"}
     if unknown:
-        raise ValueError(f"unknown config args {sorted(unknown)}; use ifN, paper|official, "
-                         "contrastive, quick.")
+        raise ValueError(
+            f"unknown config args {sorted(unknown)}; use ifN, paper|official, contrastive, quick."
+        )
     c = get_base_config()
     c.dataset.name = name
     c.dataset.num_classes = num_classes

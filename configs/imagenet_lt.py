@@ -21,12 +21,16 @@ def get_config(arg: str | None = None):
     args = parse_args(arg)
     flags = set(filter(None, args.get("flags", "").split(",")))
     if flags - {"resnet50", "resnext50"}:
-        raise ValueError(f"unknown config args {sorted(flags)}; use resnet50|resnext50, "
-                         "paper|official.")
+        raise ValueError(
+            f"unknown config args {sorted(flags)}; use resnet50|resnext50, paper|official."
+        )
     c = large_image_config(
-        name="imagenet_lt", num_classes=1000, view="imagenet_randaugment",
+        name="imagenet_lt",
+        num_classes=1000,
+        view="imagenet_randaugment",
         normalization="imagenet",
-        backbone="resnext50_32x4d" if "resnext50" in flags else "resnet50")
+        backbone="resnext50_32x4d" if "resnext50" in flags else "resnet50",
+    )
     c.dataset.source = "split_list"
     c.batch_size = 256
     c.optim.learning_rate = 0.2

@@ -18,9 +18,13 @@ def get_config(arg: str | None = None):
     args = parse_args(arg)
     if args.get("flags"):
         raise ValueError(f"unknown config args {args['flags']}; use paper|official.")
-    c = large_image_config(name="i_naturalist2018", num_classes=8142,
-                           view="imagenet_randaugment", normalization="inat",
-                           backbone="resnet50")
+    c = large_image_config(
+        name="i_naturalist2018",
+        num_classes=8142,
+        view="imagenet_randaugment",
+        normalization="inat",
+        backbone="resnet50",
+    )
     c.dataset.eval_split = "validation"
     c.model.cos_scale = 32.0
     c.batch_size = 512

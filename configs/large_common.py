@@ -3,8 +3,9 @@
 from configs.base import get_base_config
 
 
-def large_image_config(*, name: str, num_classes: int, view: str, normalization: str,
-                       backbone: str):
+def large_image_config(
+    *, name: str, num_classes: int, view: str, normalization: str, backbone: str
+):
     """Cosine classifier, streamed data, 224-px views, the official MoCo size (queue 65,536 of
     1,024-d keys, used by the official Places config; the paper gives none for the others)."""
     c = get_base_config()

@@ -24,8 +24,13 @@ def get_config(arg: str | None = None):
     args = parse_args(arg)
     if args.get("flags"):
         raise ValueError(f"unknown config args {args['flags']}; use paper|official.")
-    c = large_image_config(name="places_lt", num_classes=365, view="places_sim",
-                           normalization="imagenet", backbone="resnet152")
+    c = large_image_config(
+        name="places_lt",
+        num_classes=365,
+        view="places_sim",
+        normalization="imagenet",
+        backbone="resnet152",
+    )
     c.dataset.source = "split_list"
     c.batch_size = 256
     c.num_epochs = 30

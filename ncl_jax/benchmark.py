@@ -38,19 +38,29 @@ from ncl_jax.models import resolve_strategy
 from ncl_jax.train_step import pmap_train_step, replicate
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/cifar100_lt.py (as for ncl_jax.main).")
-_MODE = flags.DEFINE_enum("mode", "all", ["step", "pipeline", "all"],
-                          "What to time: the train step (no TensorFlow), the tf.data input "
-                          "pipeline, or both (the pipeline is skipped with a note when its "
-                          "data or TensorFlow is missing).")
+    "config", None, "Config file, e.g. configs/cifar100_lt.py (as for ncl_jax.main)."
+)
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "all",
+    ["step", "pipeline", "all"],
+    "What to time: the train step (no TensorFlow), the tf.data input "
+    "pipeline, or both (the pipeline is skipped with a note when its "
+    "data or TensorFlow is missing).",
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
 _EXPERTS = flags.DEFINE_list("experts", [], "Values of K to time (default: model.num_experts).")
-_MOCO = flags.DEFINE_enum("moco", "config", ["config", "on", "off", "both"],
-                          "Self-supervision branch: as configured, forced on/off, or both.")
-_STRATEGIES = flags.DEFINE_list("strategies", [],
-                                "Expert strategies to time (default: model.expert_strategy).")
+_MOCO = flags.DEFINE_enum(
+    "moco",
+    "config",
+    ["config", "on", "off", "both"],
+    "Self-supervision branch: as configured, forced on/off, or both.",
+)
+_STRATEGIES = flags.DEFINE_list(
+    "strategies", [], "Expert strategies to time (default: model.expert_strategy)."
+)
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Timed input batches.")
 
 
@@ -114,9 +124,12 @@ def synthetic_batch(config, num_devices: int, seed: int = 0) -> dict[str, np.nda
     rng = np.random.default_rng(seed)
     per_device, size = config.batch_size // num_devices, config.dataset.image_size
     image = lambda: rng.normal(size=(num_devices, per_device, size, size, 3)).astype(np.float32)
-    batch = {"image": image(),
-             "label": rng.integers(0, config.dataset.num_classes,
-                                   (num_devices, per_device)).astype(np.int32)}
+    batch = {
+        "image": image(),
+        "label": rng.integers(0, config.dataset.num_classes, (num_devices, per_device)).astype(
+            np.int32
+        ),
+    }
     if config.moco.enabled:
         batch["key_image"] = image()
     return batch
@@ -128,7 +141,8 @@ def time_step(config, *, steps: int, warmup: int, repeats: int) -> Row:
     validate_config(config, num_devices=len(devices))
     counts = synthetic_counts(config)
     step_cfg = builders.make_step_config(
-        config, class_counts=counts, steps_per_epoch=max(1, int(counts.sum()) // config.batch_size))
+        config, class_counts=counts, steps_per_epoch=max(1, int(counts.sum()) // config.batch_size)
+    )
     jax.clear_caches()  # earlier rows' executables would count towards this row's peak
     gc.collect()
     reset_peak_rss()
@@ -155,19 +169,30 @@ def time_step(config, *, steps: int, warmup: int, repeats: int) -> Row:
     _, peak = rss_mb()
     ms = statistics.median(timings)
     del state, compiled, p_step
-    return Row(strategy=step_cfg.strategy, num_experts=config.model.num_experts,
-               moco=bool(config.moco.enabled), dtype=config.model.dtype,
-               batch_size=config.batch_size, ms_per_step=ms,
-               img_per_s=config.batch_size / (ms / 1e3),
-               cpu_ms_per_step=statistics.median(cpu), compile_s=compile_s,
-               peak_rss_mb=peak, peak_device_mb=device_peak_mb(),
-               repeats_ms=[round(t, 1) for t in timings])
+    return Row(
+        strategy=step_cfg.strategy,
+        num_experts=config.model.num_experts,
+        moco=bool(config.moco.enabled),
+        dtype=config.model.dtype,
+        batch_size=config.batch_size,
+        ms_per_step=ms,
+        img_per_s=config.batch_size / (ms / 1e3),
+        cpu_ms_per_step=statistics.median(cpu),
+        compile_s=compile_s,
+        peak_rss_mb=peak,
+        peak_device_mb=device_peak_mb(),
+        repeats_ms=[round(t, 1) for t in timings],
+    )
 
 
 def variants(config, *, experts: list[str], moco: str, strategies: list[str]) -> list[Any]:
     """The configurations to time; the first is the config as given (with the first option)."""
-    moco_options = {"config": [bool(config.moco.enabled)], "on": [True], "off": [False],
-                    "both": [bool(config.moco.enabled), not config.moco.enabled]}[moco]
+    moco_options = {
+        "config": [bool(config.moco.enabled)],
+        "on": [True],
+        "off": [False],
+        "both": [bool(config.moco.enabled), not config.moco.enabled],
+    }[moco]
     ks = [int(k) for k in experts] or [config.model.num_experts]
     names = strategies or [config.model.expert_strategy]
     out = []
@@ -182,33 +207,55 @@ def time_pipeline(config, num_batches: int) -> dict[str, Any]:
     """Host input throughput for this config (imports TensorFlow)."""
     from ncl_jax import data
 
-    return data.benchmark_pipeline(config.dataset, global_batch_size=config.batch_size,
-                                   num_batches=num_batches, two_views=bool(config.moco.enabled))
+    return data.benchmark_pipeline(
+        config.dataset,
+        global_batch_size=config.batch_size,
+        num_batches=num_batches,
+        two_views=bool(config.moco.enabled),
+    )
 
 
 def format_table(rows: list[Row]) -> str:
-    header = (f"{'strategy':<10}{'K':>3}{'moco':>6}{'dtype':>10}{'batch':>7}{'ms/step':>10}"
-              f"{'img/s':>9}{'CPU ms':>9}{'compile s':>11}{'peak RSS MB':>13}{'device MB':>11}")
+    header = (
+        f"{'strategy':<10}{'K':>3}{'moco':>6}{'dtype':>10}{'batch':>7}{'ms/step':>10}"
+        f"{'img/s':>9}{'CPU ms':>9}{'compile s':>11}{'peak RSS MB':>13}{'device MB':>11}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         device = f"{r.peak_device_mb:11.0f}" if r.peak_device_mb is not None else f"{'-':>11}"
-        lines.append(f"{r.strategy:<10}{r.num_experts:>3}{'on' if r.moco else 'off':>6}"
-                     f"{r.dtype:>10}{r.batch_size:>7}{r.ms_per_step:10.1f}{r.img_per_s:9.1f}"
-                     f"{r.cpu_ms_per_step:9.0f}"
-                     f"{r.compile_s:11.1f}{r.peak_rss_mb:13.0f}{device}")
+        lines.append(
+            f"{r.strategy:<10}{r.num_experts:>3}{'on' if r.moco else 'off':>6}"
+            f"{r.dtype:>10}{r.batch_size:>7}{r.ms_per_step:10.1f}{r.img_per_s:9.1f}"
+            f"{r.cpu_ms_per_step:9.0f}"
+            f"{r.compile_s:11.1f}{r.peak_rss_mb:13.0f}{device}"
+        )
     return "\n".join(lines)
 
 
-def run(config, *, mode: str, steps: int, warmup: int, repeats: int, experts: list[str],
-        moco: str, strategies: list[str], pipeline_batches: int) -> dict[str, Any]:
+def run(
+    config,
+    *,
+    mode: str,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    experts: list[str],
+    moco: str,
+    strategies: list[str],
+    pipeline_batches: int,
+) -> dict[str, Any]:
     """Runs the benchmark, prints the table and returns the summary (the JSON line)."""
     platform = jax.default_backend()
     summary: dict[str, Any] = {
-        "platform": platform, "device_kind": jax.local_devices()[0].device_kind,
-        "num_devices": jax.local_device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "batch_size": config.batch_size, "num_experts": config.model.num_experts,
+        "platform": platform,
+        "device_kind": jax.local_devices()[0].device_kind,
+        "num_devices": jax.local_device_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "batch_size": config.batch_size,
+        "num_experts": config.model.num_experts,
         "dtype": config.model.dtype,
-        "expert_strategy": resolve_strategy(config.model.expert_strategy, platform)}
+        "expert_strategy": resolve_strategy(config.model.expert_strategy, platform),
+    }
     if mode in ("step", "all"):
         rows = []
         for c in variants(config, experts=experts, moco=moco, strategies=strategies):
@@ -240,9 +287,17 @@ def main(argv) -> None:
 
     def go():
         host_devices.configure_for(_CONFIG.value)  # as ncl_jax.main does, before JAX starts
-        summary = run(_CONFIG.value, mode=_MODE.value, steps=_STEPS.value, warmup=_WARMUP.value,
-                      repeats=_REPEATS.value, experts=_EXPERTS.value, moco=_MOCO.value,
-                      strategies=_STRATEGIES.value, pipeline_batches=_PIPELINE_BATCHES.value)
+        summary = run(
+            _CONFIG.value,
+            mode=_MODE.value,
+            steps=_STEPS.value,
+            warmup=_WARMUP.value,
+            repeats=_REPEATS.value,
+            experts=_EXPERTS.value,
+            moco=_MOCO.value,
+            strategies=_STRATEGIES.value,
+            pipeline_batches=_PIPELINE_BATCHES.value,
+        )
         print(json.dumps(summary))
 
     run_cli(go)

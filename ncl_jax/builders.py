@@ -17,25 +17,38 @@ from ncl_jax.train_step import AXIS, StepConfig
 
 def loss_options(config: ml_collections.ConfigDict) -> losses.LossOptions:
     lo = config.loss
-    return losses.LossOptions(hard_probs=lo.hard_probs, nil_hard_set=lo.nil_hard_set,
-                              distill_norm=lo.distill_norm, distill_log_eps=lo.distill_log_eps,
-                              teacher_stop_gradient=lo.teacher_stop_gradient)
+    return losses.LossOptions(
+        hard_probs=lo.hard_probs,
+        nil_hard_set=lo.nil_hard_set,
+        distill_norm=lo.distill_norm,
+        distill_log_eps=lo.distill_log_eps,
+        teacher_stop_gradient=lo.teacher_stop_gradient,
+    )
 
 
-def make_step_config(config: ml_collections.ConfigDict, *, class_counts, steps_per_epoch: int,
-                     platform: str | None = None) -> StepConfig:
+def make_step_config(
+    config: ml_collections.ConfigDict,
+    *,
+    class_counts,
+    steps_per_epoch: int,
+    platform: str | None = None,
+) -> StepConfig:
     """Everything static the step needs; class counts are checked here, before compiling."""
     counts = np.asarray(class_counts, np.float32)
     if counts.shape != (config.dataset.num_classes,):
         raise DataError(
             f"class_counts has {counts.shape[0]} entries but dataset.num_classes="
-            f"{config.dataset.num_classes}; set dataset.num_classes to match the data.")
+            f"{config.dataset.num_classes}; set dataset.num_classes to match the data."
+        )
     if np.any(counts <= 0):
         empty = np.flatnonzero(counts <= 0)[:10].tolist()
-        raise DataError(f"classes {empty} have no training images; the balanced softmax needs "
-                         "every class present (lower the imbalance factor or drop the class).")
-    schedule = optim.make_schedule(config.optim, steps_per_epoch=steps_per_epoch,
-                                   num_epochs=config.num_epochs)
+        raise DataError(
+            f"classes {empty} have no training images; the balanced softmax needs "
+            "every class present (lower the imbalance factor or drop the class)."
+        )
+    schedule = optim.make_schedule(
+        config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs
+    )
     mc = config.moco
     return StepConfig(
         expert=build_expert(config, bn_axis_name=AXIS if config.sync_batch_stats else None),
@@ -48,18 +61,28 @@ def make_step_config(config: ml_collections.ConfigDict, *, class_counts, steps_p
         hard_distill_weight=config.loss.hard_distill_weight,
         random_anchor=config.loss.anchor == "random",
         strategy=resolve_strategy(config.model.expert_strategy, platform),
-        moco=bool(mc.enabled), moco_weight=mc.weight, moco_temperature=mc.temperature,
-        ema_momentum=mc.momentum, ema_repeats=mc.ema_repeats, ema_projector=mc.ema_projector,
-        ema_before_keys=mc.ema_before_keys, sync_batch_stats=config.sync_batch_stats,
+        moco=bool(mc.enabled),
+        moco_weight=mc.weight,
+        moco_temperature=mc.temperature,
+        ema_momentum=mc.momentum,
+        ema_repeats=mc.ema_repeats,
+        ema_projector=mc.ema_projector,
+        ema_before_keys=mc.ema_before_keys,
+        sync_batch_stats=config.sync_batch_stats,
     )
 
 
 def _initializer(config: ml_collections.ConfigDict, step_config: StepConfig):
     size = config.dataset.image_size
     return train_state_initializer(
-        step_config.expert.clone(bn_axis_name=None), num_experts=config.model.num_experts,
-        tx=step_config.tx, image_shape=(size, size, 3), moco=bool(config.moco.enabled),
-        queue_size=config.moco.queue_size, key_init=config.moco.key_init)
+        step_config.expert.clone(bn_axis_name=None),
+        num_experts=config.model.num_experts,
+        tx=step_config.tx,
+        image_shape=(size, size, 3),
+        moco=bool(config.moco.enabled),
+        queue_size=config.moco.queue_size,
+        key_init=config.moco.key_init,
+    )
 
 
 def create_state(config: ml_collections.ConfigDict, step_config: StepConfig) -> TrainState:

@@ -26,9 +26,17 @@ KINDS = ("checkpoints", "best_ensemble", "best_single")
 
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUMABLE_FIELDS = (
-    "log_every_steps", "checkpoint_every_epochs", "eval_every_epochs", "keep_checkpoints",
-    "eval_batch_size", "dataset.data_dir", "dataset.download", "dataset.prefetch",
-    "dataset.num_parallel_calls", "dataset.cache", "dataset.eval_max_examples",
+    "log_every_steps",
+    "checkpoint_every_epochs",
+    "eval_every_epochs",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "dataset.data_dir",
+    "dataset.download",
+    "dataset.prefetch",
+    "dataset.num_parallel_calls",
+    "dataset.cache",
+    "dataset.eval_max_examples",
     "model.expert_strategy",
 )
 
@@ -76,15 +84,21 @@ class RunCheckpoints:
             if read_only and not path.is_dir():
                 continue
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep if kind == "checkpoints" else 1, create=not read_only,
-                read_only=read_only, enable_async_checkpointing=not read_only,
+                max_to_keep=keep if kind == "checkpoints" else 1,
+                create=not read_only,
+                read_only=read_only,
+                enable_async_checkpointing=not read_only,
                 # Three managers may save the same step: their multi-host barriers need
                 # distinct names.
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
-                    barrier_sync_key_prefix=kind))
+                    barrier_sync_key_prefix=kind
+                ),
+            )
             self._managers[kind] = ocp.CheckpointManager(
-                path if "://" in self.workdir else path.absolute(), options=options,
-                item_names=("state", "meta"))
+                path if "://" in self.workdir else path.absolute(),
+                options=options,
+                item_names=("state", "meta"),
+            )
 
     # ------------------------------------------------------------------ config
     @property
@@ -104,12 +118,15 @@ class RunCheckpoints:
         if saved is not None and self.latest_step() is not None:
             diff = config_differences(saved, current)
             if diff:
-                shown = ", ".join(f"{k}: {_flatten(saved).get(k)!r} -> "
-                                  f"{_flatten(current).get(k)!r}" for k in diff[:4])
+                shown = ", ".join(
+                    f"{k}: {_flatten(saved).get(k)!r} -> {_flatten(current).get(k)!r}"
+                    for k in diff[:4]
+                )
                 raise CheckpointError(
                     f"{self.workdir} holds checkpoints of a different config ({shown}"
                     f"{', ...' if len(diff) > 4 else ''}); use a new --workdir or the same "
-                    "config.")
+                    "config."
+                )
             return
         if jax.process_index() == 0:
             write_json_atomically(self.config_path, current)
@@ -130,14 +147,17 @@ class RunCheckpoints:
             if latest is None:
                 raise CheckpointError(
                     f"no checkpoint in {self.workdir}/checkpoints; train first with "
-                    f"python -m ncl_jax.main --workdir={self.workdir} ...")
+                    f"python -m ncl_jax.main --workdir={self.workdir} ..."
+                )
             return "checkpoints", latest
         for kind in KINDS:
             if step in self.steps(kind):
                 return kind, step
         available = sorted({s for kind in KINDS for s in self.steps(kind)})
-        raise CheckpointError(f"no checkpoint at step {step} in {self.workdir}; available "
-                              f"steps: {available or 'none'}.")
+        raise CheckpointError(
+            f"no checkpoint at step {step} in {self.workdir}; available "
+            f"steps: {available or 'none'}."
+        )
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host at the same step once any host was told to stop (multi-host)."""
@@ -153,8 +173,12 @@ class RunCheckpoints:
             return
         host_state = jax.tree.map(np.asarray, jax.device_get(state))
         self._managers[kind].save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
 
     def restore(self, kind: str, step: int, target: Any) -> tuple[Any, dict]:
         """Restores into the structure of `target` (host arrays). Raises CheckpointError for a
@@ -162,14 +186,18 @@ class RunCheckpoints:
         host_target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), target)
         try:
             restored = self._managers[kind].restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host_target),
-                                              meta=ocp.args.JsonRestore()))
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(host_target), meta=ocp.args.JsonRestore()
+                ),
+            )
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise CheckpointError(
                 f"checkpoint {self.workdir}/{kind}/{step} cannot be read ({type(err).__name__}: "
                 f"{first_line}); it was left untouched: evaluate/resume another step with "
-                "--step, or move it away.") from err
+                "--step, or move it away."
+            ) from err
         return restored["state"], dict(restored["meta"])
 
     def wait(self) -> None:

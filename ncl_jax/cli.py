@@ -20,7 +20,8 @@ class _QuietLibraries(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or not any(
-            part in record.pathname for part in _CHATTY)
+            part in record.pathname for part in _CHATTY
+        )
 
 
 def run_cli(fn: Callable[[], object]) -> object:

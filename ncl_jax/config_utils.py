@@ -41,8 +41,9 @@ def resolve_num_hard(config: ml_collections.ConfigDict) -> int:
     return max(1, round(config.loss.hard_ratio * config.dataset.num_classes))
 
 
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
-                    num_processes: int = 1) -> None:
+def validate_config(
+    config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1
+) -> None:
     """Raises ConfigError for the first inconsistent value, before any compute."""
     for dotted, choices in _CHOICES.items():
         if _get(config, dotted) not in choices:
@@ -58,13 +59,15 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     if not 1 <= num_hard < c:
         raise ConfigError(
             f"loss.num_hard resolves to {num_hard} hard negatives for {c} classes; it must be in "
-            f"[1, {c - 1}] (set loss.num_hard or loss.hard_ratio).")
+            f"[1, {c - 1}] (set loss.num_hard or loss.hard_ratio)."
+        )
     for name in ("batch_size", "eval_batch_size"):
         size = config[name]
         if size < 1 or size % num_devices:
             raise ConfigError(
                 f"{name}={size} does not split over {num_devices} devices "
-                f"({num_processes} processes); use a multiple of {num_devices}.")
+                f"({num_processes} processes); use a multiple of {num_devices}."
+            )
     cpu_devices = config.get("cpu_devices", -1)
     if cpu_devices != -1 and cpu_devices < 1:
         raise ConfigError(f"cpu_devices={cpu_devices}: use -1 (one per core) or a count >= 1.")
@@ -75,7 +78,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
         if n < b or n % b:
             raise ConfigError(
                 f"moco.queue_size={n} must be a positive multiple of the global batch_size={b} "
-                "(whole batches are enqueued).")
+                "(whole batches are enqueued)."
+            )
         if not 0.0 <= config.moco.momentum < 1.0:
             raise ConfigError(f"moco.momentum={config.moco.momentum} must be in [0, 1).")
         if config.moco.temperature <= 0:

@@ -18,8 +18,9 @@ import numpy as np
 GROUPS = ("many", "medium", "few")
 
 
-def accuracy_summary(correct: np.ndarray, totals: np.ndarray,
-                     group_masks: dict[str, np.ndarray]) -> dict:
+def accuracy_summary(
+    correct: np.ndarray, totals: np.ndarray, group_masks: dict[str, np.ndarray]
+) -> dict:
     """correct [K + 1, C] (experts, then ensemble) and totals [C] -> the evaluation JSON body.
 
     Accuracies are in percent; a group without test images reports null.
@@ -36,12 +37,17 @@ def accuracy_summary(correct: np.ndarray, totals: np.ndarray,
 
     experts = [scores(row) for row in correct[:-1]]
     best = int(np.argmax([e["top1"] for e in experts]))
-    return {"num_examples": int(totals.sum()), "experts": experts,
-            "ensemble": scores(correct[-1]), "best_single": {**experts[best], "expert": best}}
+    return {
+        "num_examples": int(totals.sum()),
+        "experts": experts,
+        "ensemble": scores(correct[-1]),
+        "best_single": {**experts[best], "expert": best},
+    }
 
 
-def run_evaluation(p_eval_counts, replicated_state, batches: Iterable[dict],
-                   group_masks: dict[str, np.ndarray]) -> dict:
+def run_evaluation(
+    p_eval_counts, replicated_state, batches: Iterable[dict], group_masks: dict[str, np.ndarray]
+) -> dict:
     """Runs the pmapped per-class counting step over all eval batches (padded, masked)."""
     from ncl_jax.train_step import unreplicate
 
@@ -61,11 +67,14 @@ def format_table(result: dict) -> str:
     header = f"{'model':<14}{'top1':>8}" + "".join(f"{g:>8}" for g in GROUPS)
     fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8}"
     rows = [(f"expert {i}", e) for i, e in enumerate(result["experts"])]
-    rows += [("ensemble", result["ensemble"]),
-             (f"best single({result['best_single']['expert']})", result["best_single"])]
+    rows += [
+        ("ensemble", result["ensemble"]),
+        (f"best single({result['best_single']['expert']})", result["best_single"]),
+    ]
     lines = [header, "-" * len(header)]
-    lines += [f"{name:<14}" + fmt(r["top1"]) + "".join(fmt(r[g]) for g in GROUPS)
-              for name, r in rows]
+    lines += [
+        f"{name:<14}" + fmt(r["top1"]) + "".join(fmt(r[g]) for g in GROUPS) for name, r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -90,23 +99,32 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     checkpoints = RunCheckpoints(workdir, read_only=True)
     saved = checkpoints.saved_config()
     if saved is None:
-        raise CheckpointError(f"{workdir} has no config.json: it is not an ncl_jax workdir "
-                              "(train into it with python -m ncl_jax.main first).")
+        raise CheckpointError(
+            f"{workdir} has no config.json: it is not an ncl_jax workdir "
+            "(train into it with python -m ncl_jax.main first)."
+        )
     config = ml_collections.ConfigDict(saved)
     # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
-    host_devices.configure(int(config.get("cpu_devices", -1)),
-                           batch_sizes=(int(config.eval_batch_size),))
+    host_devices.configure(
+        int(config.get("cpu_devices", -1)), batch_sizes=(int(config.eval_batch_size),)
+    )
     kind, step = checkpoints.find(step)
     info = data.get_dataset_info(config.dataset)
-    step_cfg = builders.make_step_config(config, class_counts=info.class_counts,
-                                         steps_per_epoch=1)
+    step_cfg = builders.make_step_config(config, class_counts=info.class_counts, steps_per_epoch=1)
     state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
-    batches = data.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
-                                 num_local_devices=jax.local_device_count(),
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-    result = run_evaluation(pmap_eval_counts_step(step_cfg), replicate(state),
-                            batches, info.group_masks(config.group_rule))
+    batches = data.eval_iterator(
+        config.dataset,
+        global_batch_size=config.eval_batch_size,
+        num_local_devices=jax.local_device_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    result = run_evaluation(
+        pmap_eval_counts_step(step_cfg),
+        replicate(state),
+        batches,
+        info.group_masks(config.group_rule),
+    )
     checkpoints.close()
     return {"step": step, "checkpoint": kind, "epoch": meta.get("epoch"), **result}
 

@@ -34,8 +34,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_count(requested: int, *, batch_sizes: tuple[int, ...], sync_batch_stats: bool,
-                 cores: int) -> int:
+def choose_count(
+    requested: int, *, batch_sizes: tuple[int, ...], sync_batch_stats: bool, cores: int
+) -> int:
     """How many CPU devices to create.
 
     requested > 0 is taken as given (validate_config later rejects batch sizes that do not
@@ -55,8 +56,9 @@ def choose_count(requested: int, *, batch_sizes: tuple[int, ...], sync_batch_sta
     return 1
 
 
-def configure(requested: int, *, batch_sizes: tuple[int, ...],
-              sync_batch_stats: bool = True) -> int | None:
+def configure(
+    requested: int, *, batch_sizes: tuple[int, ...], sync_batch_stats: bool = True
+) -> int | None:
     """Puts the chosen device count into XLA_FLAGS; returns it, or None if left alone."""
     flags = os.environ.get("XLA_FLAGS", "")
     if FLAG in flags:
@@ -66,8 +68,12 @@ def configure(requested: int, *, batch_sizes: tuple[int, ...],
     if xla_bridge.backends_are_initialized():
         logging.warning("cpu_devices not applied: JAX had already started its backends.")
         return None
-    count = choose_count(requested, batch_sizes=batch_sizes, sync_batch_stats=sync_batch_stats,
-                         cores=available_cores())
+    count = choose_count(
+        requested,
+        batch_sizes=batch_sizes,
+        sync_batch_stats=sync_batch_stats,
+        cores=available_cores(),
+    )
     if count > 1:
         os.environ["XLA_FLAGS"] = f"{flags} {FLAG}={count}".strip()
     return count
@@ -75,6 +81,8 @@ def configure(requested: int, *, batch_sizes: tuple[int, ...],
 
 def configure_for(config) -> int | None:
     """`configure` with the fields of an ncl_jax config."""
-    return configure(int(config.get("cpu_devices", -1)),
-                     batch_sizes=(int(config.batch_size), int(config.eval_batch_size)),
-                     sync_batch_stats=bool(config.sync_batch_stats))
+    return configure(
+        int(config.get("cpu_devices", -1)),
+        batch_sizes=(int(config.batch_size), int(config.eval_batch_size)),
+        sync_batch_stats=bool(config.sync_batch_stats),
+    )

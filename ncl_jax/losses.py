@@ -77,7 +77,8 @@ def validate_loss_inputs(logits, labels, class_counts, num_hard: int) -> None:
         raise ValueError(f"labels must have shape [B]=({b},); got {tuple(labels.shape)}.")
     if class_counts.shape != (c,):
         raise ValueError(
-            f"class_counts must have shape [C]=({c},); got {tuple(class_counts.shape)}.")
+            f"class_counts must have shape [C]=({c},); got {tuple(class_counts.shape)}."
+        )
     if not 1 <= num_hard < c:
         raise ValueError(
             f"num_hard={num_hard} hard negatives is out of range for C={c} classes; "
@@ -187,8 +188,15 @@ def nbod_all(balanced, *, norm: str, log_eps: float = 0.0, stop_teacher: bool = 
     return scale * pairwise_kl(logp, log_eps=log_eps, stop_teacher=stop_teacher)
 
 
-def nbod_hard(hard_logp, mask, *, norm: str, restricted: bool, log_eps: float = 0.0,
-              stop_teacher: bool = False):
+def nbod_hard(
+    hard_logp,
+    mask,
+    *,
+    norm: str,
+    restricted: bool,
+    log_eps: float = 0.0,
+    stop_teacher: bool = False,
+):
     """Eq. 9: distillation over the shared hard set. hard_logp [K, B, C], mask [B, C].
 
     With restricted probabilities the KL runs over Psi only; in the official masked-logit form
@@ -196,8 +204,9 @@ def nbod_hard(hard_logp, mask, *, norm: str, restricted: bool, log_eps: float = 
     """
     scale = distill_normaliser(hard_logp.shape[0], norm)
     support = mask if restricted else None
-    return scale * pairwise_kl(hard_logp, support=support, log_eps=log_eps,
-                               stop_teacher=stop_teacher)
+    return scale * pairwise_kl(
+        hard_logp, support=support, log_eps=log_eps, stop_teacher=stop_teacher
+    )
 
 
 # ----------------------------------------------------------------------------- Eq. 12 (sup. part)
@@ -235,17 +244,25 @@ def ncl_supervised_loss(
     nil_hard_logp = hard_log_probs(balanced, nil_masks, opts.hard_probs)
     anchor_hard_logp = hard_log_probs(balanced, anchor_mask, opts.hard_probs)
 
-    kl_kwargs = dict(norm=opts.distill_norm, log_eps=opts.distill_log_eps,
-                     stop_teacher=opts.teacher_stop_gradient)
+    kl_kwargs = dict(
+        norm=opts.distill_norm,
+        log_eps=opts.distill_log_eps,
+        stop_teacher=opts.teacher_stop_gradient,
+    )
     aux = {
         "nil_all": nil_all(balanced, labels),
         "nil_hard": nil_hard(nil_hard_logp, labels),
         "nbod_all": nbod_all(balanced, **kl_kwargs),
-        "nbod_hard": nbod_hard(anchor_hard_logp, anchor_mask,
-                               restricted=opts.hard_probs == "restricted", **kl_kwargs),
+        "nbod_hard": nbod_hard(
+            anchor_hard_logp, anchor_mask, restricted=opts.hard_probs == "restricted", **kl_kwargs
+        ),
     }
-    loss = (aux["nil_all"] + aux["nil_hard"] + distill_weight * aux["nbod_all"]
-            + hard_distill_weight * aux["nbod_hard"])
+    loss = (
+        aux["nil_all"]
+        + aux["nil_hard"]
+        + distill_weight * aux["nbod_all"]
+        + hard_distill_weight * aux["nbod_hard"]
+    )
     return loss, aux
 
 

@@ -21,22 +21,31 @@ from ncl_jax import host_devices
 from ncl_jax.cli import run_cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/cifar100_lt.py:if100,paper.")
+    "config", None, "Config file, e.g. configs/cifar100_lt.py:if100,paper."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (multi-process runs without a "
-                                   "cluster environment that JAX detects by itself).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (multi-process runs without a "
+    "cluster environment that JAX detects by itself).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                                 "auto: initialise jax.distributed when a cluster or the flags "
-                                 "above say there are several processes.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "auto: initialise jax.distributed when a cluster or the flags "
+    "above say there are several processes.",
+)
 
 
 def _distributed_requested() -> bool:
     explicit = _COORDINATOR.value is not None
-    return _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (
-        explicit or _cluster_detected()))
+    return _DISTRIBUTED.value == "on" or (
+        _DISTRIBUTED.value == "auto" and (explicit or _cluster_detected())
+    )
 
 
 def _configure_cpu_devices() -> None:
@@ -52,8 +61,11 @@ def _maybe_initialize_distributed() -> None:
         return
     # Cross-process collectives on CPU devices need gloo; set before any backend starts.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
 
 
 def _cluster_detected() -> bool:
@@ -69,9 +81,14 @@ def main(argv) -> None:
     def run():
         _configure_cpu_devices()
         _maybe_initialize_distributed()
-        logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
-                     jax.process_count(), jax.local_device_count(), jax.device_count(),
-                     jax.default_backend())
+        logging.info(
+            "process %d/%d, %d local / %d global devices (%s)",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+            jax.default_backend(),
+        )
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
         if jax.process_index() == 0:
             print(json.dumps(result))

@@ -21,8 +21,9 @@ def nonfinite_marker(loss, step):
 
 @jax.jit
 def _combine(total, new):
-    return {k: jnp.minimum(total[k], v) if k == NONFINITE_KEY else total[k] + v
-            for k, v in new.items()}
+    return {
+        k: jnp.minimum(total[k], v) if k == NONFINITE_KEY else total[k] + v for k, v in new.items()
+    }
 
 
 class MetricSums:

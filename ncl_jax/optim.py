@@ -15,9 +15,15 @@ import numpy as np
 import optax
 
 
-def warmup_multistep_lr(epoch: int, *, base_lr: float, warmup_epochs: int = 5,
-                        warmup_factor: float = 1.0 / 3.0, milestones: Sequence[int] = (320, 360),
-                        decay_factor: float = 0.1) -> float:
+def warmup_multistep_lr(
+    epoch: int,
+    *,
+    base_lr: float,
+    warmup_epochs: int = 5,
+    warmup_factor: float = 1.0 / 3.0,
+    milestones: Sequence[int] = (320, 360),
+    decay_factor: float = 0.1,
+) -> float:
     """Linear warm-up from warmup_factor*base over `warmup_epochs`, then x decay at milestones.
 
     For base 0.1: e1 0.046667, e2 0.06, e3 0.073333, e4 0.086667, e5-319 0.1, e320-359 0.01,
@@ -36,8 +42,9 @@ def cosine_lr(epoch: int, *, base_lr: float, num_epochs: int, min_lr: float = 1e
     return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * epoch / num_epochs)) / 2
 
 
-def per_epoch(epoch_lr: Callable[[int], float], steps_per_epoch: int,
-              num_epochs: int) -> optax.Schedule:
+def per_epoch(
+    epoch_lr: Callable[[int], float], steps_per_epoch: int, num_epochs: int
+) -> optax.Schedule:
     """An optax schedule of the step that is constant within each (1-based) epoch."""
     table = jnp.asarray(np.array([epoch_lr(e) for e in range(1, num_epochs + 1)], np.float32))
 
@@ -52,12 +59,17 @@ def make_schedule(optim_config, *, steps_per_epoch: int, num_epochs: int) -> opt
     o = optim_config
     if o.schedule == "warmup_multistep":
         fn = lambda e: warmup_multistep_lr(
-            e, base_lr=o.learning_rate, warmup_epochs=o.warmup_epochs,
-            warmup_factor=o.warmup_factor, milestones=tuple(o.milestones),
-            decay_factor=o.decay_factor)
+            e,
+            base_lr=o.learning_rate,
+            warmup_epochs=o.warmup_epochs,
+            warmup_factor=o.warmup_factor,
+            milestones=tuple(o.milestones),
+            decay_factor=o.decay_factor,
+        )
     elif o.schedule == "cosine":
-        fn = lambda e: cosine_lr(e, base_lr=o.learning_rate, num_epochs=num_epochs,
-                                 min_lr=o.cosine_min_lr)
+        fn = lambda e: cosine_lr(
+            e, base_lr=o.learning_rate, num_epochs=num_epochs, min_lr=o.cosine_min_lr
+        )
     else:
         raise ValueError(f"optim.schedule={o.schedule!r}; use 'warmup_multistep' or 'cosine'.")
     return per_epoch(fn, steps_per_epoch, num_epochs)

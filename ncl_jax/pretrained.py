@@ -28,8 +28,12 @@ from ncl_jax.state import TrainState
 
 _CONVERT_HINT = "python -m ncl_jax.pretrained --torch_checkpoint=X.pth --out=Y.npz"
 # torchvision BN names -> (our collection, our leaf name).
-_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN_LEAVES = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
 
 
 def _torch_layout(stage_sizes) -> dict[str, tuple[str, tuple[str, ...], str | None]]:
@@ -40,8 +44,9 @@ def _torch_layout(stage_sizes) -> dict[str, tuple[str, tuple[str, ...], str | No
     """
     layout: dict[str, tuple[str, tuple[str, ...], str | None]] = {}
 
-    def add(torch_conv: str, torch_bn: str, ours_conv: tuple[str, ...],
-            ours_bn: tuple[str, ...]) -> None:
+    def add(
+        torch_conv: str, torch_bn: str, ours_conv: tuple[str, ...], ours_bn: tuple[str, ...]
+    ) -> None:
         layout[f"{torch_conv}.weight"] = ("params", (*ours_conv, "kernel"), None)
         for name, (collection, leaf) in _BN_LEAVES.items():
             layout[f"{torch_bn}.{name}"] = (collection, (*ours_bn, leaf), f"{torch_conv}.weight")
@@ -52,11 +57,19 @@ def _torch_layout(stage_sizes) -> dict[str, tuple[str, tuple[str, ...], str | No
             torch_prefix = f"layer{stage + 1}.{block}"
             ours = f"layer{stage + 1}_block{block + 1}"
             for j in (1, 2, 3):
-                add(f"{torch_prefix}.conv{j}", f"{torch_prefix}.bn{j}", (ours, f"conv{j}"),
-                    (ours, f"bn{j}"))
+                add(
+                    f"{torch_prefix}.conv{j}",
+                    f"{torch_prefix}.bn{j}",
+                    (ours, f"conv{j}"),
+                    (ours, f"bn{j}"),
+                )
             if block == 0:
-                add(f"{torch_prefix}.downsample.0", f"{torch_prefix}.downsample.1",
-                    (ours, "downsample_conv"), (ours, "downsample_bn"))
+                add(
+                    f"{torch_prefix}.downsample.0",
+                    f"{torch_prefix}.downsample.1",
+                    (ours, "downsample_conv"),
+                    (ours, "downsample_bn"),
+                )
     return layout
 
 
@@ -84,27 +97,32 @@ def convert_torchvision_resnet(state_dict: Mapping[str, Any], *, stage_sizes) ->
         raise ConfigError(
             f"torch checkpoint lacks {missing[0]!r} ({len(missing)} keys missing) for a ResNet "
             f"with stage sizes {tuple(stage_sizes)}; pass the --arch the checkpoint was saved "
-            "from (e.g. resnet50 vs resnet152).")
+            "from (e.g. resnet50 vs resnet152)."
+        )
     extra = sorted(given - set(layout))
     if extra:
         raise ConfigError(
             f"torch checkpoint has unexpected key {extra[0]!r} ({len(extra)} extra) for a "
             f"ResNet with stage sizes {tuple(stage_sizes)}; pass a plain torchvision ResNet "
-            "state dict (no 'module.' prefix) and the --arch it was saved from.")
+            "state dict (no 'module.' prefix) and the --arch it was saved from."
+        )
     tree: dict = {"params": {}, "batch_stats": {}}
     for key, (collection, path, conv_key) in layout.items():
         value = np.asarray(state_dict[key], np.float32)
         if conv_key is None:
             if value.ndim != 4:
-                raise ConfigError(f"torch key {key!r} has shape {value.shape}, expected a 4-D "
-                                  "OIHW conv weight; the file is not a torchvision ResNet.")
+                raise ConfigError(
+                    f"torch key {key!r} has shape {value.shape}, expected a 4-D "
+                    "OIHW conv weight; the file is not a torchvision ResNet."
+                )
             value = value.transpose(2, 3, 1, 0)
         else:
             channels = np.shape(state_dict[conv_key])[0]
             if value.shape != (channels,):
                 raise ConfigError(
                     f"torch key {key!r} has shape {value.shape}, expected ({channels},) to match "
-                    f"{conv_key!r}; the file is corrupt or not a torchvision ResNet.")
+                    f"{conv_key!r}; the file is corrupt or not a torchvision ResNet."
+                )
         _set(tree[collection], path, np.ascontiguousarray(value))
     return tree
 
@@ -149,21 +167,28 @@ def _read_npz(path: str, missing_fix: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{path!r} is not a readable .npz ({err}); write it with "
-                          f"`{_CONVERT_HINT}`.") from err
+        raise ConfigError(
+            f"{path!r} is not a readable .npz ({err}); write it with `{_CONVERT_HINT}`."
+        ) from err
 
 
 def load_encoder(path: str) -> dict:
     """A .npz written by `save_npz` -> {'params', 'batch_stats'} of one encoder."""
-    flat = _read_npz(path, "set model.pretrained_path to a .npz of converted weights "
-                           f"written by `{_CONVERT_HINT}`")
+    flat = _read_npz(
+        path,
+        f"set model.pretrained_path to a .npz of converted weights written by `{_CONVERT_HINT}`",
+    )
     if any("/" not in k for k in flat):
-        raise ConfigError(f"{path!r} holds torch-named arrays, not converted weights; convert "
-                          f"it first: {_CONVERT_HINT.replace('X.pth', path)}.")
+        raise ConfigError(
+            f"{path!r} holds torch-named arrays, not converted weights; convert "
+            f"it first: {_CONVERT_HINT.replace('X.pth', path)}."
+        )
     tree = _unflatten(flat)
     if set(tree) != {"params", "batch_stats"}:
-        raise ConfigError(f"{path!r} has top-level groups {sorted(tree)}, expected params and "
-                          f"batch_stats; write it with `{_CONVERT_HINT}`.")
+        raise ConfigError(
+            f"{path!r} has top-level groups {sorted(tree)}, expected params and "
+            f"batch_stats; write it with `{_CONVERT_HINT}`."
+        )
     return tree
 
 
@@ -176,8 +201,9 @@ def check_encoder_shapes(encoder: Mapping, reference: Mapping, what: str, fix: s
             raise ConfigError(f"pretrained weights lack {key!r} that {what} has; {fix}.")
         shape, expected = tuple(np.shape(got[key])), tuple(want[key].shape)
         if shape != expected:
-            raise ConfigError(f"pretrained {key!r} has shape {shape} but {what} expects "
-                              f"{expected}; {fix}.")
+            raise ConfigError(
+                f"pretrained {key!r} has shape {shape} but {what} expects {expected}; {fix}."
+            )
     extra = sorted(set(got) - set(want))
     if extra:
         raise ConfigError(f"pretrained weights have {extra[0]!r} that {what} lacks; {fix}.")
@@ -189,29 +215,42 @@ def apply_pretrained(state: TrainState, encoder: Mapping) -> TrainState:
     Heads and projectors keep their fresh initialisation; so does the optimiser state, whose
     momentum buffers are zeros that do not depend on the parameter values."""
     if not isinstance(state.params, Mapping) or "encoder" not in state.params:
-        raise ConfigError("model.pretrained_path is set but the model has no 'encoder'; unset "
-                          "it or use an ImageNet backbone.")
-    reference = {"params": state.params["encoder"],
-                 "batch_stats": state.batch_stats.get("encoder", {})}
-    sliced = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
-                          reference)
-    check_encoder_shapes(encoder, sliced, "the model.backbone encoder",
-                         "convert weights of model.backbone's architecture (--arch) and leave "
-                         "model.depth/model.width at -1")
+        raise ConfigError(
+            "model.pretrained_path is set but the model has no 'encoder'; unset "
+            "it or use an ImageNet backbone."
+        )
+    reference = {
+        "params": state.params["encoder"],
+        "batch_stats": state.batch_stats.get("encoder", {}),
+    }
+    sliced = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), reference)
+    check_encoder_shapes(
+        encoder,
+        sliced,
+        "the model.backbone encoder",
+        "convert weights of model.backbone's architecture (--arch) and leave "
+        "model.depth/model.width at -1",
+    )
 
     def broadcast(tree: Mapping, collection: str) -> Any:
         if tree is None:
             return None
         own = tree["encoder"]
-        new = jax.tree.map(lambda leaf, value: jnp.array(
-            np.broadcast_to(np.asarray(value, leaf.dtype), leaf.shape)), own, encoder[collection])
+        new = jax.tree.map(
+            lambda leaf, value: jnp.array(
+                np.broadcast_to(np.asarray(value, leaf.dtype), leaf.shape)
+            ),
+            own,
+            encoder[collection],
+        )
         return {**tree, "encoder": new}
 
     return state.replace(
         params=broadcast(state.params, "params"),
         batch_stats=broadcast(state.batch_stats, "batch_stats"),
         ema_params=broadcast(state.ema_params, "params"),
-        ema_batch_stats=broadcast(state.ema_batch_stats, "batch_stats"))
+        ema_batch_stats=broadcast(state.ema_batch_stats, "batch_stats"),
+    )
 
 
 def reference_model(arch: str) -> ResNet:
@@ -229,32 +268,46 @@ def _load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as err:
-        raise ConfigError("reading a .pth needs PyTorch: `pip install torch` (CPU build, only "
-                          "for this conversion), or pass a .npz of torch-named arrays.") from err
+        raise ConfigError(
+            "reading a .pth needs PyTorch: `pip install torch` (CPU build, only "
+            "for this conversion), or pass a .npz of torch-named arrays."
+        ) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or non-weights file
         detail = " ".join(str(err).split())[:160]
-        raise ConfigError(f"torch.load could not read {path!r} ({type(err).__name__}: "
-                          f"{detail}); pass torchvision's plain state dict .pth.") from err
+        raise ConfigError(
+            f"torch.load could not read {path!r} ({type(err).__name__}: "
+            f"{detail}); pass torchvision's plain state dict .pth."
+        ) from err
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ConfigError(f"{path!r} holds a {type(obj).__name__}, not a state dict; save "
-                          "model.state_dict() of a torchvision ResNet.")
-    return {k: v.detach().cpu().float().numpy() for k, v in obj.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point()}
+        raise ConfigError(
+            f"{path!r} holds a {type(obj).__name__}, not a state dict; save "
+            "model.state_dict() of a torchvision ResNet."
+        )
+    return {
+        k: v.detach().cpu().float().numpy()
+        for k, v in obj.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
 
 
 def convert_file(src: str, out: str, *, model: ResNet) -> dict:
     """torch checkpoint (.pth, or .npz of torch-named arrays) -> our .npz for `model`,
     shape-checked against the model so a mismatched architecture fails here, not in training."""
-    tree = convert_torchvision_resnet(_load_torch_state_dict(src),
-                                      stage_sizes=model.stage_sizes)
-    reference = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False),
-                               jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-    check_encoder_shapes(tree, reference, f"ResNet{tuple(model.stage_sizes)}",
-                         "pass the --arch the checkpoint was saved from")
+    tree = convert_torchvision_resnet(_load_torch_state_dict(src), stage_sizes=model.stage_sizes)
+    reference = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, False),
+        jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+    )
+    check_encoder_shapes(
+        tree,
+        reference,
+        f"ResNet{tuple(model.stage_sizes)}",
+        "pass the --arch the checkpoint was saved from",
+    )
     save_npz(tree, out)
     return tree
 
@@ -266,8 +319,7 @@ def main(argv) -> None:
     from ncl_jax.cli import run_cli
 
     f = flags.FLAGS
-    tree = run_cli(lambda: convert_file(f.torch_checkpoint, f.out,
-                                        model=reference_model(f.arch)))
+    tree = run_cli(lambda: convert_file(f.torch_checkpoint, f.out, model=reference_model(f.arch)))
     count = sum(np.size(v) for v in _flatten(tree).values())
     print(f"wrote {f.out}: {f.arch} encoder, {count:,} values")
 
@@ -275,8 +327,9 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_string("torch_checkpoint", None,
-                        "torchvision state dict (.pth), or a .npz of torch-named arrays.")
+    flags.DEFINE_string(
+        "torch_checkpoint", None, "torchvision state dict (.pth), or a .npz of torch-named arrays."
+    )
     flags.DEFINE_string("out", None, "Output .npz for model.pretrained_path.")
     flags.DEFINE_enum("arch", "resnet152", list(STAGE_SIZES), "torchvision architecture.")
     flags.mark_flags_as_required(["torch_checkpoint", "out"])

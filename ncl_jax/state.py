@@ -34,9 +34,16 @@ class TrainState(struct.PyTreeNode):
         return num_experts_of(self.params)
 
 
-def train_state_initializer(expert: Expert, *, num_experts: int,
-                            tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
-                            moco: bool, queue_size: int = 0, key_init: str = "copy"):
+def train_state_initializer(
+    expert: Expert,
+    *,
+    num_experts: int,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, int, int],
+    moco: bool,
+    queue_size: int = 0,
+    key_init: str = "copy",
+):
     """fn(rng) -> TrainState: K independent experts (with MoCo: key encoders and queues).
 
     key_init "copy": key encoders start as copies of the query experts (MoCo, paper);
@@ -55,18 +62,28 @@ def train_state_initializer(expert: Expert, *, num_experts: int,
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         ema_params = ema_batch_stats = queue = queue_ptr = None
         if moco:
-            key_vars = (variables if key_init == "copy"
-                        else init_stacked(expert, num_experts, key_rng, sample))
+            key_vars = (
+                variables
+                if key_init == "copy"
+                else init_stacked(expert, num_experts, key_rng, sample)
+            )
             # Copies are separate output buffers, so donating `params` later is safe.
             ema_params = jax.tree.map(jnp.copy, key_vars["params"])
             ema_batch_stats = jax.tree.map(jnp.copy, key_vars.get("batch_stats", {}))
             queue = jax.random.normal(queue_rng, (num_experts, queue_size, expert.projector_dim))
             queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
             queue_ptr = jnp.zeros((), jnp.int32)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=batch_stats, opt_state=tx.init(params),
-                          ema_params=ema_params, ema_batch_stats=ema_batch_stats, queue=queue,
-                          queue_ptr=queue_ptr, rng=root_rng)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=tx.init(params),
+            ema_params=ema_params,
+            ema_batch_stats=ema_batch_stats,
+            queue=queue,
+            queue_ptr=queue_ptr,
+            rng=root_rng,
+        )
 
     return init
 
@@ -75,8 +92,10 @@ def create_train_state(expert: Expert, *, rng: jax.Array, **kwargs) -> TrainStat
     """The initial state; kwargs as for `train_state_initializer`."""
     return jit_run_once(train_state_initializer(expert, **kwargs), rng)
 
-def ema_update(ema_params, params, *, momentum: float, repeats: int = 1,
-               include_projector: bool = True):
+
+def ema_update(
+    ema_params, params, *, momentum: float, repeats: int = 1, include_projector: bool = True
+):
     """ema <- m^r * ema + (1 - m^r) * params: r applications of a momentum-m update with the
     same params (the official code applies it K times per step). A frozen projector keeps its
     key-side values (official: the key MLP is never updated)."""

@@ -70,18 +70,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     info = data.get_dataset_info(config.dataset)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
-    step_cfg = builders.make_step_config(config, class_counts=info.class_counts,
-                                         steps_per_epoch=steps_per_epoch)
+    step_cfg = builders.make_step_config(
+        config, class_counts=info.class_counts, steps_per_epoch=steps_per_epoch
+    )
 
     meta: dict = {}
     latest = checkpoints.latest_step()
     if latest is None:
         state = builders.create_state(config, step_cfg)
     else:
-        state, meta = checkpoints.restore("checkpoints", latest,
-                                          builders.abstract_state(config, step_cfg))
-        logging.info("Resuming from %s/checkpoints/%d (epoch %s).", workdir, latest,
-                     meta.get("epoch"))
+        state, meta = checkpoints.restore(
+            "checkpoints", latest, builders.abstract_state(config, step_cfg)
+        )
+        logging.info(
+            "Resuming from %s/checkpoints/%d (epoch %s).", workdir, latest, meta.get("epoch")
+        )
     step = int(state.step)
     replicated = replicate(state)
     del state
@@ -91,15 +94,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if step == 0:
         writer.write_hparams(dict(_flat_config(config)))
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                               every_steps=config.log_every_steps)
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps
+    )
     best = dict(meta.get("best", {"ensemble": -1.0, "single": -1.0}))
     last_eval: dict = meta.get("last_eval", {})
     sums, window_start, window_steps = MetricSums(), time.perf_counter(), 0
 
     def save(kind: str, epoch: int) -> None:
-        checkpoints.save(kind, step, unreplicate(replicated),
-                         {"epoch": epoch, "step": step, "best": best, "last_eval": last_eval})
+        checkpoints.save(
+            kind,
+            step,
+            unreplicate(replicated),
+            {"epoch": epoch, "step": step, "best": best, "last_eval": last_eval},
+        )
 
     def flush_train_metrics() -> None:
         nonlocal window_start, window_steps
@@ -109,7 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 f"the loss became non-finite at step {first_bad} (epoch "
                 f"{first_bad // steps_per_epoch + 1}); stopped without saving. The last good "
                 f"checkpoint is step {checkpoints.latest_step()} in {workdir}/checkpoints; "
-                "lower optim.learning_rate or check the data.")
+                "lower optim.learning_rate or check the data."
+            )
         if means and window_steps:
             elapsed = time.perf_counter() - window_start
             means["img_per_s"] = window_steps * config.batch_size / elapsed
@@ -120,10 +129,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for epoch in range(step // steps_per_epoch, config.num_epochs):
             start = step - epoch * steps_per_epoch
             batches = data.train_iterator(
-                config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-                epoch=epoch, start_step=start, two_views=bool(config.moco.enabled),
-                num_local_devices=jax.local_device_count(), process_index=jax.process_index(),
-                process_count=jax.process_count())
+                config.dataset,
+                global_batch_size=config.batch_size,
+                seed=config.seed,
+                epoch=epoch,
+                start_step=start,
+                two_views=bool(config.moco.enabled),
+                num_local_devices=jax.local_device_count(),
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
             for batch in itertools.islice(batches, steps_per_epoch - start):
                 replicated, step_metrics = p_train(replicated, batch)
                 sums.add(step_metrics)
@@ -135,14 +150,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     flush_train_metrics()
                     save("checkpoints", epoch)
                     checkpoints.wait()
-                    logging.warning("SIGTERM: saved step %d; rerun the same command to resume.",
-                                    step)
+                    logging.warning(
+                        "SIGTERM: saved step %d; rerun the same command to resume.", step
+                    )
                     return {"step": step, "preempted": True, "best": best}
             flush_train_metrics()
             epochs_done = epoch + 1
             if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
-                last_eval = run_evaluation(p_eval, replicated, _eval_batches(config),
-                                           group_masks)
+                last_eval = run_evaluation(p_eval, replicated, _eval_batches(config), group_masks)
                 writer.write_scalars(step, _eval_scalars(last_eval))
                 if last_eval["ensemble"]["top1"] > best["ensemble"]:
                     best["ensemble"] = last_eval["ensemble"]["top1"]
@@ -150,8 +165,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if last_eval["best_single"]["top1"] > best["single"]:
                     best["single"] = last_eval["best_single"]["top1"]
                     save("best_single", epochs_done)
-            if (epochs_done % config.checkpoint_every_epochs == 0
-                    or epochs_done == config.num_epochs):
+            if (
+                epochs_done % config.checkpoint_every_epochs == 0
+                or epochs_done == config.num_epochs
+            ):
                 save("checkpoints", epochs_done)
     checkpoints.wait()
     checkpoints.close()
@@ -166,10 +183,13 @@ def _preempted(sigterm: _SigtermFlag, checkpoints: RunCheckpoints, step: int) ->
 
 
 def _eval_batches(config):
-    return data.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
-                              num_local_devices=jax.local_device_count(),
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count())
+    return data.eval_iterator(
+        config.dataset,
+        global_batch_size=config.eval_batch_size,
+        num_local_devices=jax.local_device_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
 
 
 def _flat_config(config, prefix: str = ""):
@@ -177,5 +197,7 @@ def _flat_config(config, prefix: str = ""):
         if isinstance(value, ml_collections.ConfigDict):
             yield from _flat_config(value, f"{prefix}{key}.")
         else:
-            yield f"{prefix}{key}", value if isinstance(value, int | float | str | bool) else str(
-                value)
+            yield (
+                f"{prefix}{key}",
+                value if isinstance(value, int | float | str | bool) else str(value),
+            )

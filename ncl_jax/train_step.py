@@ -64,8 +64,13 @@ def _choose_anchor(rng, num_experts: int, random_anchor: bool):
 
 
 def _ema(cfg: StepConfig, ema_params, params):
-    return ema_update(ema_params, params, momentum=cfg.ema_momentum, repeats=cfg.ema_repeats,
-                      include_projector=cfg.ema_projector)
+    return ema_update(
+        ema_params,
+        params,
+        momentum=cfg.ema_momentum,
+        repeats=cfg.ema_repeats,
+        include_projector=cfg.ema_projector,
+    )
 
 
 def _enqueue(queue, ptr, keys):
@@ -89,26 +94,36 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
     if cfg.moco:
         if cfg.ema_before_keys:
             ema_params = _ema(cfg, ema_params, state.params)
-        key_out, ema_stats = apply_stacked(cfg.expert, ema_params, ema_stats,
-                                           batch["key_image"], train=True, strategy=cfg.strategy)
+        key_out, ema_stats = apply_stacked(
+            cfg.expert, ema_params, ema_stats, batch["key_image"], train=True, strategy=cfg.strategy
+        )
         keys = jax.lax.stop_gradient(key_out["projections"])
 
     def loss_fn(params):
-        out, new_stats = apply_stacked(cfg.expert, params, state.batch_stats, batch["image"],
-                                       train=True, strategy=cfg.strategy)
+        out, new_stats = apply_stacked(
+            cfg.expert, params, state.batch_stats, batch["image"], train=True, strategy=cfg.strategy
+        )
         sup, aux = losses.ncl_supervised_loss(
-            out["logits"], labels, counts, num_hard=cfg.num_hard,
-            distill_weight=cfg.distill_weight, hard_distill_weight=cfg.hard_distill_weight,
-            anchor=anchor, options=cfg.loss_options)
+            out["logits"],
+            labels,
+            counts,
+            num_hard=cfg.num_hard,
+            distill_weight=cfg.distill_weight,
+            hard_distill_weight=cfg.hard_distill_weight,
+            anchor=anchor,
+            options=cfg.loss_options,
+        )
         total = sup
         if cfg.moco:
-            aux["moco"] = losses.moco_loss(out["projections"], keys, state.queue,
-                                           temperature=cfg.moco_temperature)
+            aux["moco"] = losses.moco_loss(
+                out["projections"], keys, state.queue, temperature=cfg.moco_temperature
+            )
             total = total + cfg.moco_weight * aux["moco"]
         return total, (aux, out["logits"], new_stats)
 
     (loss, (aux, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+        state.params
+    )
     grads = jax.lax.pmean(grads, AXIS)
     if not cfg.sync_batch_stats:  # keep replicas identical (DDP broadcasts rank 0's buffers)
         new_stats = jax.lax.pmean(new_stats, AXIS)
@@ -121,13 +136,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
             ema_params = _ema(cfg, ema_params, state.params)
         if not cfg.sync_batch_stats:
             ema_stats = jax.lax.pmean(ema_stats, AXIS)
-        gathered = jax.lax.all_gather(losses.l2_normalize(keys.astype(jnp.float32)), AXIS,
-                                      axis=1, tiled=True)
+        gathered = jax.lax.all_gather(
+            losses.l2_normalize(keys.astype(jnp.float32)), AXIS, axis=1, tiled=True
+        )
         queue, queue_ptr = _enqueue(queue, queue_ptr, gathered)
 
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state, ema_params=ema_params,
-                              ema_batch_stats=ema_stats, queue=queue, queue_ptr=queue_ptr)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=new_stats,
+        opt_state=opt_state,
+        ema_params=ema_params,
+        ema_batch_stats=ema_stats,
+        queue=queue,
+        queue_ptr=queue_ptr,
+    )
     metrics = _train_metrics(loss, aux, logits, labels, local_batch)
     metrics["learning_rate"] = _pair(cfg.lr_schedule(state.step), 1)
     metrics[NONFINITE_KEY] = nonfinite_marker(loss, state.step)
@@ -148,8 +171,14 @@ def _train_metrics(loss, aux, logits, labels, local_batch):
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig):
     """The K experts' raw logits [K, b, C] with BatchNorm running statistics."""
-    out, _ = apply_stacked(cfg.expert, state.params, state.batch_stats, batch["image"],
-                           train=False, strategy=cfg.strategy)
+    out, _ = apply_stacked(
+        cfg.expert,
+        state.params,
+        state.batch_stats,
+        batch["image"],
+        train=False,
+        strategy=cfg.strategy,
+    )
     return out["logits"]
 
 
@@ -158,8 +187,9 @@ def per_class_correct(logits, labels, mask):
 
     Returns correct [K + 1, C] and totals [C], counting only mask=True examples."""
     num_classes = logits.shape[-1]
-    preds = jnp.concatenate([jnp.argmax(logits, -1),
-                             jnp.argmax(jnp.mean(logits, 0), -1)[None]], axis=0)  # [K+1, b]
+    preds = jnp.concatenate(
+        [jnp.argmax(logits, -1), jnp.argmax(jnp.mean(logits, 0), -1)[None]], axis=0
+    )  # [K+1, b]
     onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
     correct = (preds == labels[None]).astype(jnp.float32)
     return correct @ onehot, jnp.sum(onehot, axis=0)
@@ -189,8 +219,12 @@ def replicate(tree: Any, devices=None) -> Any:
     `replicate` uses a differently named mesh, which misses jit's cache on the second step)."""
     devices = list(devices or jax.local_devices())
     sharding = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
-    return jax.tree.map(lambda x: jax.device_put(
-        np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), sharding), tree)
+    return jax.tree.map(
+        lambda x: jax.device_put(
+            np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), sharding
+        ),
+        tree,
+    )
 
 
 def unreplicate(tree: Any) -> Any:
@@ -203,8 +237,12 @@ def unreplicate(tree: Any) -> Any:
 
 def pmap_train_step(cfg: StepConfig, *, donate: bool = True, devices=None):
     """train_step under jax.pmap(axis_name='batch'); the state is donated (updated in place)."""
-    return jax.pmap(functools.partial(train_step, cfg=cfg), axis_name=AXIS,
-                    donate_argnums=(0,) if donate else (), devices=devices)
+    return jax.pmap(
+        functools.partial(train_step, cfg=cfg),
+        axis_name=AXIS,
+        donate_argnums=(0,) if donate else (),
+        devices=devices,
+    )
 
 
 def pmap_eval_step(cfg: StepConfig, *, devices=None):
@@ -212,5 +250,4 @@ def pmap_eval_step(cfg: StepConfig, *, devices=None):
 
 
 def pmap_eval_counts_step(cfg: StepConfig, *, devices=None):
-    return jax.pmap(functools.partial(eval_counts_step, cfg=cfg), axis_name=AXIS,
-                    devices=devices)
+    return jax.pmap(functools.partial(eval_counts_step, cfg=cfg), axis_name=AXIS, devices=devices)

@@ -1,7 +1,6 @@
 """Augmentation policies (AutoAugment CIFAR10Policy, RandAugment, ColorJitter) against PIL
 statements of the official ops, and every view: shape, range, determinism, use in tf.data."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -13,10 +13,22 @@ import pytest
 from ncl_jax import host_devices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-REQUIRED = ("ms_per_step", "img_per_s", "compile_s", "peak_rss_mb", "num_experts", "batch_size",
-            "platform")
-TINY = ["--config=configs/smoke.py", "--config.dataset.image_size=8", "--steps=1", "--warmup=1",
-        "--repeats=1"]
+REQUIRED = (
+    "ms_per_step",
+    "img_per_s",
+    "compile_s",
+    "peak_rss_mb",
+    "num_experts",
+    "batch_size",
+    "platform",
+)
+TINY = [
+    "--config=configs/smoke.py",
+    "--config.dataset.image_size=8",
+    "--steps=1",
+    "--warmup=1",
+    "--repeats=1",
+]
 
 # Runs the CLI in-process with TensorFlow made unimportable, then reports whether it was loaded.
 _NO_TF = """
@@ -35,13 +47,16 @@ print("TF_LOADED", "tensorflow" in sys.modules, file=sys.stderr)
 """
 
 
-def _run(args: list[str], *, env: dict[str, str] | None = None,
-         block_tf: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", _NO_TF] if block_tf else [
-        sys.executable, "-m", "ncl_jax.benchmark"]
+def _run(
+    args: list[str], *, env: dict[str, str] | None = None, block_tf: bool = False
+) -> subprocess.CompletedProcess:
+    command = (
+        [sys.executable, "-c", _NO_TF] if block_tf else [sys.executable, "-m", "ncl_jax.benchmark"]
+    )
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})}
-    result = subprocess.run(command + args, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        command + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -58,7 +73,11 @@ def test_step_benchmark_runs_without_tensorflow_and_ends_with_the_json_line():
     assert summary["batch_size"] == 16 and summary["moco"] is True
     assert summary["expert_strategy"] == "cpu_loop"  # auto on CPU
     assert [(r["num_experts"], r["moco"]) for r in summary["rows"]] == [
-        (2, True), (2, False), (1, True), (1, False)]
+        (2, True),
+        (2, False),
+        (1, True),
+        (1, False),
+    ]
     assert summary["img_per_s"] == pytest.approx(16e3 / summary["ms_per_step"])
     assert "ms/step" in result.stdout  # the table
     assert "TF_LOADED False" in result.stderr
@@ -66,9 +85,18 @@ def test_step_benchmark_runs_without_tensorflow_and_ends_with_the_json_line():
 
 def test_bfloat16_strategy_override_and_two_devices_run_end_to_end():
     two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    summary = _last_json(_run([*TINY, "--mode=step", "--strategies=vmap,loop",
-                               "--config.model.dtype=bfloat16", "--config.model.num_experts=2"],
-                              env=two_devices).stdout)
+    summary = _last_json(
+        _run(
+            [
+                *TINY,
+                "--mode=step",
+                "--strategies=vmap,loop",
+                "--config.model.dtype=bfloat16",
+                "--config.model.num_experts=2",
+            ],
+            env=two_devices,
+        ).stdout
+    )
     assert summary["dtype"] == "bfloat16" and summary["expert_strategy"] == "vmap"
     assert summary["num_devices"] == 2
     assert [r["strategy"] for r in summary["rows"]] == ["vmap", "loop"]
@@ -76,12 +104,24 @@ def test_bfloat16_strategy_override_and_two_devices_run_end_to_end():
 
 def test_all_mode_reports_a_pipeline_it_cannot_run_and_still_times_the_step(tmp_path):
     # Also: with XLA_FLAGS empty, the host is split as cpu_devices=-1 (auto) says.
-    summary = _last_json(_run([*TINY, "--mode=all", "--experts=1", "--moco=off",
-                               "--config.batch_size=32", f"--config.dataset.data_dir={tmp_path}"],
-                              env={"TFDS_DATA_DIR": str(tmp_path)}).stdout)
+    summary = _last_json(
+        _run(
+            [
+                *TINY,
+                "--mode=all",
+                "--experts=1",
+                "--moco=off",
+                "--config.batch_size=32",
+                f"--config.dataset.data_dir={tmp_path}",
+            ],
+            env={"TFDS_DATA_DIR": str(tmp_path)},
+        ).stdout
+    )
     assert summary["ms_per_step"] > 0 and "skipped" in summary["pipeline"]
-    expected = host_devices.choose_count(-1, batch_sizes=(32, 128), sync_batch_stats=True,
-                                         cores=host_devices.available_cores())
+    expected = host_devices.choose_count(
+        -1, batch_sizes=(32, 128), sync_batch_stats=True, cores=host_devices.available_cores()
+    )
     assert summary["num_devices"] == expected
     assert (f"--xla_force_host_platform_device_count={expected}" in summary["xla_flags"]) == (
-        expected > 1)
+        expected > 1
+    )

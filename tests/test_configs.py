@@ -30,16 +30,23 @@ def test_config_files(name, arg):
     config = importlib.import_module(f"configs.{name}").get_config(arg)
     validate_config(config, num_devices=8)
     variant, num_hard, moco, epochs, view = EXPECTED[(name, arg)]
-    assert (config.variant, resolve_num_hard(config), config.moco.enabled, config.num_epochs,
-            config.dataset.train_view) == (variant, num_hard, moco, epochs, view)
+    assert (
+        config.variant,
+        resolve_num_hard(config),
+        config.moco.enabled,
+        config.num_epochs,
+        config.dataset.train_view,
+    ) == (variant, num_hard, moco, epochs, view)
     assert config.moco.ema_repeats == (1 if variant == "paper" else config.model.num_experts)
 
 
 def test_imagenet_official_recipe_and_cifar_if_argument():
     config = importlib.import_module("configs.imagenet_lt").get_config("official")
     assert (config.optim.schedule, config.optim.learning_rate) == ("cosine", 0.2)
-    assert importlib.import_module("configs.cifar10_lt").get_config(
-        "if50").dataset.imbalance_factor == 50.0
+    assert (
+        importlib.import_module("configs.cifar10_lt").get_config("if50").dataset.imbalance_factor
+        == 50.0
+    )
 
 
 def test_unknown_argument_and_variant_are_refused():
@@ -49,14 +56,17 @@ def test_unknown_argument_and_variant_are_refused():
         apply_variant(get_base_config(), "papr")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("model.num_experts", 0, "num_experts=0"),
-    ("batch_size", 60, "batch_size=60"),
-    ("moco.queue_size", 100, "moco.queue_size=100"),
-    ("loss.num_hard", 100, "loss.num_hard"),
-    ("model.expert_strategy", "scan", "expert_strategy='scan'"),
-    ("cpu_devices", 0, "cpu_devices=0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("model.num_experts", 0, "num_experts=0"),
+        ("batch_size", 60, "batch_size=60"),
+        ("moco.queue_size", 100, "moco.queue_size=100"),
+        ("loss.num_hard", 100, "loss.num_hard"),
+        ("model.expert_strategy", "scan", "expert_strategy='scan'"),
+        ("cpu_devices", 0, "cpu_devices=0"),
+    ],
+)
 def test_inconsistent_values_fail_validation(field, value, message):
     config = get_base_config()
     section, _, key = field.rpartition(".")

@@ -9,8 +9,9 @@ from ncl_jax.errors import ConfigError
 
 
 def _auto(batch_sizes, cores, sync=True):
-    return host_devices.choose_count(-1, batch_sizes=batch_sizes, sync_batch_stats=sync,
-                                     cores=cores)
+    return host_devices.choose_count(
+        -1, batch_sizes=batch_sizes, sync_batch_stats=sync, cores=cores
+    )
 
 
 def test_auto_takes_one_device_per_core_when_the_batches_split():
@@ -37,14 +38,12 @@ def test_auto_stays_on_one_device_when_batch_statistics_are_per_device():
 
 
 def test_an_explicit_count_is_taken_as_given_and_nonsense_is_one_clear_error():
-    assert host_devices.choose_count(3, batch_sizes=(128,), sync_batch_stats=False,
-                                     cores=2) == 3
+    assert host_devices.choose_count(3, batch_sizes=(128,), sync_batch_stats=False, cores=2) == 3
     with pytest.raises(ConfigError, match="cpu_devices=0"):
         host_devices.choose_count(0, batch_sizes=(128,), sync_batch_stats=True, cores=2)
 
 
-def test_configure_writes_xla_flags_only_when_the_user_has_not_and_jax_has_not_started(
-        monkeypatch):
+def test_configure_writes_xla_flags_only_when_the_user_has_not_and_jax_has_not_started(monkeypatch):
     from jax._src import xla_bridge
 
     monkeypatch.setattr(host_devices, "available_cores", lambda: 4)
@@ -52,8 +51,10 @@ def test_configure_writes_xla_flags_only_when_the_user_has_not_and_jax_has_not_s
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     assert host_devices.configure(-1, batch_sizes=(64, 256)) == 4
     import os
-    assert os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
-                                       "--xla_force_host_platform_device_count=4")
+
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=4"
+    )
     # The user's own count wins, whatever the config says.
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     assert host_devices.configure(2, batch_sizes=(64,)) is None

@@ -55,8 +55,9 @@ def paper_reference(z, y, counts, num_hard, lam, lam_hard, anchor):
     pairs = k_num * (k_num - 1)
     nbod_all = kl_all / b_num / pairs if pairs else 0.0
     nbod_hard = kl_hard / b_num / pairs if pairs else 0.0
-    aux = dict(nil_all=nil_all / b_num, nil_hard=nil_hard / b_num, nbod_all=nbod_all,
-               nbod_hard=nbod_hard)
+    aux = dict(
+        nil_all=nil_all / b_num, nil_hard=nil_hard / b_num, nbod_all=nbod_all, nbod_hard=nbod_hard
+    )
     total = aux["nil_all"] + aux["nil_hard"] + lam * nbod_all + lam_hard * nbod_hard
     return total, aux
 
@@ -89,9 +90,12 @@ def official_reference(z, y, counts, num_hard, lam, lam_hard, anchor=0):
             total += factor * np.sum(p[j] * (np.log(p[j]) - logp_i)) / b_num
         return total / (k_num - 1)
 
-    aux = dict(nil_all=sum(ce(b[k]) for k in range(k_num)),
-               nil_hard=sum(ce(h[k]) for k in range(k_num)),
-               nbod_all=nbod(b, 1.0), nbod_hard=nbod(h, 1.0))
+    aux = dict(
+        nil_all=sum(ce(b[k]) for k in range(k_num)),
+        nil_hard=sum(ce(h[k]) for k in range(k_num)),
+        nbod_all=nbod(b, 1.0),
+        nbod_hard=nbod(h, 1.0),
+    )
     total = aux["nil_all"] + aux["nil_hard"] + lam * aux["nbod_all"] + lam_hard * aux["nbod_hard"]
     return total, aux
 
@@ -129,9 +133,15 @@ def _inputs(seed=0, k=3, b=5, c=9, scale=2.0):
 
 
 def _jax_loss(z, y, counts, variant, num_hard, anchor, **kw):
-    return losses.ncl_supervised_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y),
-                                      jnp.asarray(counts, jnp.float32), num_hard=num_hard,
-                                      variant=variant, anchor=anchor, **kw)
+    return losses.ncl_supervised_loss(
+        jnp.asarray(z, jnp.float32),
+        jnp.asarray(y),
+        jnp.asarray(counts, jnp.float32),
+        num_hard=num_hard,
+        variant=variant,
+        anchor=anchor,
+        **kw,
+    )
 
 
 REFERENCES = {"paper": paper_reference, "official": official_reference}
@@ -145,13 +155,15 @@ REFERENCES = {"paper": paper_reference, "official": official_reference}
 def test_supervised_loss_matches_reference(variant, anchor, seed):
     z, y, counts = _inputs(seed)
     num_hard = 3
-    loss, aux = _jax_loss(z, y, counts, variant, num_hard, anchor, distill_weight=0.6,
-                          hard_distill_weight=0.4)
+    loss, aux = _jax_loss(
+        z, y, counts, variant, num_hard, anchor, distill_weight=0.6, hard_distill_weight=0.4
+    )
     ref, ref_aux = REFERENCES[variant](z, y, counts, num_hard, 0.6, 0.4, anchor)
     np.testing.assert_allclose(float(loss), ref, rtol=2e-6)
     for name in ("nil_all", "nil_hard", "nbod_all", "nbod_hard"):
-        np.testing.assert_allclose(float(aux[name]), ref_aux[name], rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            float(aux[name]), ref_aux[name], rtol=1e-5, atol=1e-6, err_msg=name
+        )
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
@@ -159,9 +171,11 @@ def test_supervised_loss_gradient_matches_reference(variant):
     z, y, counts = _inputs(3, k=3, b=3, c=6)
     num_hard, anchor = 2, 1
     grad = jax.grad(lambda v: _jax_loss(v, y, counts, variant, num_hard, anchor)[0])(
-        jnp.asarray(z, jnp.float32))
-    ref = numeric_grad(lambda v: REFERENCES[variant](v, y, counts, num_hard, 0.6, 0.6,
-                                                     anchor)[0], z)
+        jnp.asarray(z, jnp.float32)
+    )
+    ref = numeric_grad(
+        lambda v: REFERENCES[variant](v, y, counts, num_hard, 0.6, 0.6, anchor)[0], z
+    )
     np.testing.assert_allclose(np.asarray(grad), ref, atol=1e-4, rtol=1e-4)
 
 
@@ -170,8 +184,12 @@ def test_moco_loss_matches_reference_values_and_gradients():
     q, k = rng.normal(size=(2, 4, 5)), rng.normal(size=(2, 4, 5))
     queue = rng.normal(size=(2, 6, 5))
     queue /= np.linalg.norm(queue, axis=-1, keepdims=True)
-    fn = lambda qq: losses.moco_loss(jnp.asarray(qq, jnp.float32), jnp.asarray(k, jnp.float32),
-                                     jnp.asarray(queue, jnp.float32), temperature=0.2)
+    fn = lambda qq: losses.moco_loss(
+        jnp.asarray(qq, jnp.float32),
+        jnp.asarray(k, jnp.float32),
+        jnp.asarray(queue, jnp.float32),
+        temperature=0.2,
+    )
     np.testing.assert_allclose(float(fn(q)), moco_reference(q, k, queue, 0.2), rtol=2e-6)
     grad = jax.grad(fn)(jnp.asarray(q, jnp.float32))
     ref = numeric_grad(lambda qq: moco_reference(qq, k, queue, 0.2), q)
@@ -199,8 +217,7 @@ def test_all_negatives_hard_makes_paper_hard_terms_equal_full_terms():
     np.testing.assert_allclose(float(aux["nil_hard"]), float(aux["nil_all"]), rtol=1e-6)
     np.testing.assert_allclose(float(aux["nbod_hard"]), float(aux["nbod_all"]), rtol=1e-5)
     ref, _ = official_reference(z, y, counts, 5, 0.6, 0.6)
-    np.testing.assert_allclose(float(_jax_loss(z, y, counts, "official", 5, 0)[0]), ref,
-                               rtol=2e-6)
+    np.testing.assert_allclose(float(_jax_loss(z, y, counts, "official", 5, 0)[0]), ref, rtol=2e-6)
 
 
 def test_ground_truth_already_top_logit_is_kept_once():
@@ -212,8 +229,7 @@ def test_ground_truth_already_top_logit_is_kept_once():
     assert np.all(np.asarray(mask)[np.arange(len(y)), y])
     for variant, ref_fn in REFERENCES.items():
         ref, _ = ref_fn(z, y, counts, 3, 0.6, 0.6, 0)
-        np.testing.assert_allclose(float(_jax_loss(z, y, counts, variant, 3, 0)[0]), ref,
-                                   rtol=2e-6)
+        np.testing.assert_allclose(float(_jax_loss(z, y, counts, variant, 3, 0)[0]), ref, rtol=2e-6)
 
 
 def test_ties_pick_the_lower_class_index():
@@ -225,8 +241,7 @@ def test_ties_pick_the_lower_class_index():
     counts = np.arange(1.0, 7.0)
     for variant, ref_fn in REFERENCES.items():
         ref, _ = ref_fn(z, y, counts, 2, 0.6, 0.6, 0)
-        np.testing.assert_allclose(float(_jax_loss(z, y, counts, variant, 2, 0)[0]), ref,
-                                   rtol=2e-6)
+        np.testing.assert_allclose(float(_jax_loss(z, y, counts, variant, 2, 0)[0]), ref, rtol=2e-6)
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
@@ -234,7 +249,8 @@ def test_huge_logits_give_finite_values_and_gradients(variant):
     z, y, counts = _inputs(8, scale=1e3)
     loss, aux = _jax_loss(z, y, counts, variant, 3, 1)
     grad = jax.grad(lambda v: _jax_loss(v, y, counts, variant, 3, 1)[0])(
-        jnp.asarray(z, jnp.float32))
+        jnp.asarray(z, jnp.float32)
+    )
     assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in aux.values())
     assert np.all(np.isfinite(np.asarray(grad)))
     if variant == "paper":  # no log(p + eps) floor: values stay comparable at this scale
@@ -247,8 +263,7 @@ def test_counts_spanning_one_to_five_thousand():
     counts = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 1], np.float64)
     for variant, ref_fn in REFERENCES.items():
         ref, _ = ref_fn(z, y, counts, 3, 0.6, 0.6, 0)
-        np.testing.assert_allclose(float(_jax_loss(z, y, counts, variant, 3, 0)[0]), ref,
-                                   rtol=2e-6)
+        np.testing.assert_allclose(float(_jax_loss(z, y, counts, variant, 3, 0)[0]), ref, rtol=2e-6)
 
 
 def test_random_anchor_can_be_traced():

@@ -25,20 +25,30 @@ def _abstract_params(module, shape):
 def test_resnet32_has_the_official_parameter_count_and_feature():
     variables = _abstract_params(ResNetCifar(), (1, 32, 32, 3))
     assert _count(variables["params"]) == 463_504
-    convs = [p for p in jax.tree_util.tree_leaves_with_path(variables["params"])
-             if "conv" in jax.tree_util.keystr(p[0])]
+    convs = [
+        p
+        for p in jax.tree_util.tree_leaves_with_path(variables["params"])
+        if "conv" in jax.tree_util.keystr(p[0])
+    ]
     assert all("kernel" in jax.tree_util.keystr(path) for path, _ in convs)  # bias-free convs
-    out = jax.eval_shape(lambda: ResNetCifar().apply(
-        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables), jnp.zeros((2, 32, 32, 3)),
-        False))
+    out = jax.eval_shape(
+        lambda: ResNetCifar().apply(
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables),
+            jnp.zeros((2, 32, 32, 3)),
+            False,
+        )
+    )
     assert out.shape == (2, 64)
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({}, 23_508_032),  # torchvision resnet50 (25,557,032) minus its fc
-    (dict(stage_sizes=(3, 8, 36, 3)), 58_143_808),  # resnet152
-    (dict(groups=32, width_per_group=4), 22_979_904),  # resnext50_32x4d
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, 23_508_032),  # torchvision resnet50 (25,557,032) minus its fc
+        (dict(stage_sizes=(3, 8, 36, 3)), 58_143_808),  # resnet152
+        (dict(groups=32, width_per_group=4), 22_979_904),  # resnext50_32x4d
+    ],
+)
 def test_imagenet_backbones_match_torchvision_sizes(kwargs, expected):
     variables = _abstract_params(ResNet(**kwargs), (1, 64, 64, 3))
     assert _count(variables["params"]) == expected
@@ -49,8 +59,8 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
     x = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 4, 4))
     variables = block.init(jax.random.PRNGKey(0), x, False)
     zero_convs = jax.tree_util.tree_map_with_path(
-        lambda p, v: jnp.zeros_like(v) if "conv" in jax.tree_util.keystr(p) else v,
-        variables)
+        lambda p, v: jnp.zeros_like(v) if "conv" in jax.tree_util.keystr(p) else v, variables
+    )
     out = block.apply(zero_convs, x, False)  # residual branch is 0: output = relu(shortcut)
     expected = np.zeros((1, 2, 2, 8))
     expected[..., 2:6] = np.maximum(np.asarray(x)[:, ::2, ::2, :], 0)
@@ -59,8 +69,9 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
 
 
 def test_kaiming_normal_fan_in_init_of_cifar_convs():
-    params = ResNetCifar(width=64).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
-                                        False)["params"]
+    params = ResNetCifar(width=64).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), False)[
+        "params"
+    ]
     kernel = np.asarray(params["stage2_block2"]["conv1"]["kernel"])  # 3x3x128x128
     fan_in = 3 * 3 * kernel.shape[2]
     assert kernel.std() == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.02)
@@ -81,18 +92,19 @@ def test_cosine_head_formula_and_zero_bias():
     params = head.init(jax.random.PRNGKey(0), x)["params"]
     assert np.all(np.asarray(params["bias"]) == 0)
     w, xn = np.asarray(params["kernel"]), np.asarray(x)
-    expected = 16.0 * (xn / np.linalg.norm(xn, axis=1, keepdims=True)) @ (
-        w / np.linalg.norm(w, axis=0, keepdims=True))
-    np.testing.assert_allclose(np.asarray(head.apply({"params": params}, x)), expected,
-                               rtol=1e-5)
+    expected = (
+        16.0
+        * (xn / np.linalg.norm(xn, axis=1, keepdims=True))
+        @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+    )
+    np.testing.assert_allclose(np.asarray(head.apply({"params": params}, x)), expected, rtol=1e-5)
 
 
 def test_projection_mlp_is_linear_relu_linear():
     mlp = ProjectionMLP(4)
     x = jax.random.normal(jax.random.PRNGKey(3), (2, 6))
     p = mlp.init(jax.random.PRNGKey(0), x)["params"]
-    h = np.maximum(np.asarray(x) @ np.asarray(p["fc1"]["kernel"]) + np.asarray(p["fc1"]["bias"]),
-                   0)
+    h = np.maximum(np.asarray(x) @ np.asarray(p["fc1"]["kernel"]) + np.asarray(p["fc1"]["bias"]), 0)
     expected = h @ np.asarray(p["fc2"]["kernel"]) + np.asarray(p["fc2"]["bias"])
     np.testing.assert_allclose(np.asarray(mlp.apply({"params": p}, x)), expected, rtol=1e-5)
 
@@ -103,8 +115,9 @@ TINY = dict(depth=1, width=4, num_classes=6, projector_dim=5)
 @pytest.fixture(scope="module")
 def stacked_variables():
     expert = Expert(**TINY)
-    variables = jit_run_once(lambda r: init_stacked(expert, 3, r, jnp.zeros((1, 8, 8, 3))),
-                             jax.random.PRNGKey(0))
+    variables = jit_run_once(
+        lambda r: init_stacked(expert, 3, r, jnp.zeros((1, 8, 8, 3))), jax.random.PRNGKey(0)
+    )
     return expert, variables
 
 
@@ -120,18 +133,19 @@ def test_stacked_layout_has_leading_expert_axis_and_independent_init(stacked_var
 def _strategy_run(strategy: str, train: bool):
     """Outputs, new BatchNorm statistics and parameter gradients of the tiny stacked experts."""
     expert = Expert(**TINY)
-    variables = jit_run_once(lambda r: init_stacked(expert, 3, r, jnp.zeros((1, 8, 8, 3))),
-                             jax.random.PRNGKey(0))
+    variables = jit_run_once(
+        lambda r: init_stacked(expert, 3, r, jnp.zeros((1, 8, 8, 3))), jax.random.PRNGKey(0)
+    )
     images = jax.random.normal(jax.random.PRNGKey(4), (4, 8, 8, 3))
 
     def loss(params):
-        out, stats = apply_stacked(expert, params, variables["batch_stats"], images,
-                                   train=train, strategy=strategy)
+        out, stats = apply_stacked(
+            expert, params, variables["batch_stats"], images, train=train, strategy=strategy
+        )
         weights = jnp.arange(1.0, 1.0 + out["logits"].size).reshape(out["logits"].shape)
         return jnp.sum(out["logits"] * weights) + jnp.sum(out["projections"] ** 2), (out, stats)
 
-    (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-        variables["params"])
+    (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
     return variables, out, stats, grads
 
 
@@ -144,8 +158,9 @@ def test_strategies_give_same_outputs_stats_and_gradients(strategy, train):
         scale = max(1.0, float(np.abs(np.asarray(b)).max()))  # float32 summation-order noise
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
     if train:  # running statistics moved: BatchNorm really ran in training mode
-        moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), result[1],
-                             variables["batch_stats"])
+        moved = jax.tree.map(
+            lambda a, b: float(jnp.abs(a - b).max()), result[1], variables["batch_stats"]
+        )
         assert min(jax.tree.leaves(moved)) > 0
 
 
@@ -162,12 +177,14 @@ def test_bfloat16_experts_keep_float32_outputs_statistics_and_gradients():
     images = jax.random.normal(jax.random.PRNGKey(4), (4, 8, 8, 3))
 
     def loss(params):
-        out, stats = apply_stacked(expert, params, variables["batch_stats"], images, train=True,
-                                   strategy="cpu_loop")
+        out, stats = apply_stacked(
+            expert, params, variables["batch_stats"], images, train=True, strategy="cpu_loop"
+        )
         return jnp.sum(out["logits"]) + jnp.sum(out["projections"]), (out, stats)
 
     (value, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-        variables["params"])
+        variables["params"]
+    )
     assert value.dtype == jnp.float32 and np.isfinite(float(value))
     for leaf in jax.tree.leaves((out, stats, grads)):
         assert leaf.dtype == jnp.float32
@@ -188,7 +205,13 @@ def test_unknown_backbone_and_strategy_fail_clearly(stacked_variables):
     with pytest.raises(ValueError, match="model.backbone='resnet18'"):
         Expert(backbone="resnet18").init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="expert_strategy='scan'"):
-        apply_stacked(expert, variables["params"], variables["batch_stats"],
-                      jnp.zeros((1, 8, 8, 3)), train=False, strategy="scan")
+        apply_stacked(
+            expert,
+            variables["params"],
+            variables["batch_stats"],
+            jnp.zeros((1, 8, 8, 3)),
+            train=False,
+            strategy="scan",
+        )
     with pytest.raises(ValueError, match="num_experts=0"):
         init_stacked(expert, 0, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))

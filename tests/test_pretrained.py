@@ -66,16 +66,22 @@ def expected_location(torch_key):
     leaf = parts[-1]
     if parts[0].startswith("layer"):
         block = f"{parts[0]}_block{int(parts[1]) + 1}"
-        module = parts[2] if parts[2] != "downsample" else (
-            "downsample_conv" if parts[3] == "0" else "downsample_bn")
+        module = (
+            parts[2]
+            if parts[2] != "downsample"
+            else ("downsample_conv" if parts[3] == "0" else "downsample_bn")
+        )
         path = (block, module)
     else:
         path = (parts[0],)
     if "conv" in path[-1]:
         return "params", (*path, "kernel"), lambda w: w.transpose(2, 3, 1, 0)
-    collection, name = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-                        "running_mean": ("batch_stats", "mean"),
-                        "running_var": ("batch_stats", "var")}[leaf]
+    collection, name = {
+        "weight": ("params", "scale"),
+        "bias": ("params", "bias"),
+        "running_mean": ("batch_stats", "mean"),
+        "running_var": ("batch_stats", "var"),
+    }[leaf]
     return collection, (*path, name), lambda v: v
 
 
@@ -86,8 +92,10 @@ def get(tree, path):
 
 
 def flax_shapes(model):
-    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False),
-                               jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    variables = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, False),
+        jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+    )
     return jax.tree.map(lambda s: s.shape, variables)
 
 
@@ -123,15 +131,22 @@ def _drop(key):
     return sd
 
 
-@pytest.mark.parametrize("sd,key", [
-    (_drop("layer2.0.bn1.running_var"), "layer2.0.bn1.running_var"),
-    (_drop("layer4.0.downsample.0.weight"), "layer4.0.downsample.0.weight"),
-    ({**torchvision_state_dict(), "layer1.1.conv1.weight": np.zeros((8, 32, 1, 1))},
-     "layer1.1.conv1.weight"),
-    ({**torchvision_state_dict(), "layer3.0.bn2.running_mean": np.zeros(5)},
-     "layer3.0.bn2.running_mean"),
-    ({**torchvision_state_dict(), "conv1.weight": np.zeros((8, 3, 49))}, "conv1.weight"),
-])
+@pytest.mark.parametrize(
+    "sd,key",
+    [
+        (_drop("layer2.0.bn1.running_var"), "layer2.0.bn1.running_var"),
+        (_drop("layer4.0.downsample.0.weight"), "layer4.0.downsample.0.weight"),
+        (
+            {**torchvision_state_dict(), "layer1.1.conv1.weight": np.zeros((8, 32, 1, 1))},
+            "layer1.1.conv1.weight",
+        ),
+        (
+            {**torchvision_state_dict(), "layer3.0.bn2.running_mean": np.zeros(5)},
+            "layer3.0.bn2.running_mean",
+        ),
+        ({**torchvision_state_dict(), "conv1.weight": np.zeros((8, 3, 49))}, "conv1.weight"),
+    ],
+)
 def test_bad_torch_state_dicts(sd, key):
     with pytest.raises(ConfigError, match=key) as err:
         pretrained.convert_torchvision_resnet(sd, stage_sizes=TINY)
@@ -140,8 +155,9 @@ def test_bad_torch_state_dicts(sd, key):
 
 def test_wrong_stage_sizes_fail():
     with pytest.raises(ConfigError, match=r"unexpected key 'layer1\.1\."):
-        pretrained.convert_torchvision_resnet(torchvision_state_dict(stage_sizes=(2, 1, 1, 1)),
-                                              stage_sizes=TINY)
+        pretrained.convert_torchvision_resnet(
+            torchvision_state_dict(stage_sizes=(2, 1, 1, 1)), stage_sizes=TINY
+        )
     with pytest.raises(ConfigError, match=r"lacks 'layer1\.1\."):
         pretrained.convert_torchvision_resnet(torchvision_state_dict(), stage_sizes=(2, 1, 1, 1))
 
@@ -165,15 +181,20 @@ def test_create_state_loads_every_expert(tmp_path_factory, moco):
     _, _, plain, state, encoder = _states(str(tmp_path_factory.getbasetemp()), moco)
     trees = [("params", "params", "params"), ("batch_stats", "batch_stats", "batch_stats")]
     if moco:
-        trees += [("ema_params", "params", "params"), ("ema_batch_stats", "batch_stats",
-                                                       "batch_stats")]
+        trees += [
+            ("ema_params", "params", "params"),
+            ("ema_batch_stats", "batch_stats", "batch_stats"),
+        ]
     else:
         assert state.ema_params is None and state.ema_batch_stats is None
     for field, collection, _ in trees:
         got, before = getattr(state, field), getattr(plain, field)
         for k in range(state.num_experts):
-            jax.tree.map(lambda g, e, k=k: np.testing.assert_array_equal(g[k], e),
-                         got["encoder"], encoder[collection])
+            jax.tree.map(
+                lambda g, e, k=k: np.testing.assert_array_equal(g[k], e),
+                got["encoder"],
+                encoder[collection],
+            )
         for name in set(before) - {"encoder"}:  # heads / projectors as initialised
             jax.tree.map(np.testing.assert_array_equal, got[name], before[name])
     jax.tree.map(np.testing.assert_array_equal, state.opt_state, plain.opt_state)
@@ -182,12 +203,12 @@ def test_create_state_loads_every_expert(tmp_path_factory, moco):
 
 def test_apply_pretrained_shape_mismatch(tmp_path_factory):
     _, _, plain, _, _ = _states(str(tmp_path_factory.getbasetemp()), True)
-    wide = pretrained.convert_torchvision_resnet(torchvision_state_dict(width=16),
-                                                 stage_sizes=TINY)
+    wide = pretrained.convert_torchvision_resnet(torchvision_state_dict(width=16), stage_sizes=TINY)
     with pytest.raises(ConfigError, match=r"pretrained 'params/\S+' has shape"):
         pretrained.apply_pretrained(plain, wide)
     deep = pretrained.convert_torchvision_resnet(
-        torchvision_state_dict(stage_sizes=(1, 2, 1, 1)), stage_sizes=(1, 2, 1, 1))
+        torchvision_state_dict(stage_sizes=(1, 2, 1, 1)), stage_sizes=(1, 2, 1, 1)
+    )
     with pytest.raises(ConfigError, match="layer2_block2"):
         pretrained.apply_pretrained(plain, deep)
 
@@ -231,16 +252,25 @@ def test_pth_without_torch_says_how_to_fix(tmp_path, monkeypatch):
     src.write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     with pytest.raises(ConfigError, match="pip install torch"):
-        pretrained.convert_file(str(src), str(tmp_path / "y.npz"),
-                                model=ResNet(stage_sizes=TINY, width=WIDTH))
+        pretrained.convert_file(
+            str(src), str(tmp_path / "y.npz"), model=ResNet(stage_sizes=TINY, width=WIDTH)
+        )
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ncl_jax.pretrained", f"--torch_checkpoint={tmp_path}/no.pth",
-         f"--out={tmp_path}/y.npz"],
-        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        [
+            sys.executable,
+            "-m",
+            "ncl_jax.pretrained",
+            f"--torch_checkpoint={tmp_path}/no.pth",
+            f"--out={tmp_path}/y.npz",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no.pth" in lines[0]

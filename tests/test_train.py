@@ -25,7 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(os.path.join(TFDS_DIR, "cifar10_jpeg")),
-    reason=f"offline cifar10_jpeg not found under TFDS_DATA_DIR={TFDS_DIR!r}")
+    reason=f"offline cifar10_jpeg not found under TFDS_DATA_DIR={TFDS_DIR!r}",
+)
 
 # 4 epochs of 3 steps: enough for a kill after the first checkpoint and a SIGTERM mid-epoch.
 LONGER = ("--config.num_epochs=4", "--config.optim.milestones=(3,)")
@@ -42,18 +43,24 @@ def env(tmp_path_factory):
 
 
 def _main_cmd(workdir, *overrides):
-    return [sys.executable, "-m", "ncl_jax.main", "--config=configs/smoke.py",
-            f"--workdir={workdir}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "ncl_jax.main",
+        "--config=configs/smoke.py",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
 
 
 def _run(cmd, env, timeout=600):
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _start(cmd, env):
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _wait_for_checkpoint(workdir, step, proc, timeout=300):
@@ -68,9 +75,11 @@ def _wait_for_checkpoint(workdir, step, proc, timeout=300):
 
 def _final_state(workdir):
     """(step, state as saved: nested dicts of numpy arrays) of the newest checkpoint."""
-    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(),
-                                    options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("state", "meta"))
+    manager = ocp.CheckpointManager(
+        pathlib.Path(workdir, "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_names=("state", "meta"),
+    )
     step = manager.latest_step()
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()
@@ -85,8 +94,9 @@ def _assert_same_tree(a, b, exact=True):
         if exact:
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
         else:
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5,
-                                       err_msg=str(path))
+            np.testing.assert_allclose(
+                np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5, err_msg=str(path)
+            )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +107,7 @@ def uninterrupted(env, tmp_path_factory):
     return workdir, json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_kill_then_sigterm_then_resume_ends_with_identical_parameters(env, uninterrupted,
-                                                                       tmp_path):
+def test_kill_then_sigterm_then_resume_ends_with_identical_parameters(env, uninterrupted, tmp_path):
     reference_dir, summary = uninterrupted
     assert summary["step"] == 12 and not summary["preempted"]
     workdir = tmp_path / "interrupted"
@@ -139,8 +148,9 @@ def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     # Same numbers as the training run's own final evaluation on 8 devices.
     final = summary["final"]
     np.testing.assert_allclose(report["ensemble"]["top1"], final["ensemble"]["top1"])
-    np.testing.assert_allclose([e["top1"] for e in report["experts"]],
-                               [e["top1"] for e in final["experts"]])
+    np.testing.assert_allclose(
+        [e["top1"] for e in report["experts"]], [e["top1"] for e in final["experts"]]
+    )
     best = RunCheckpoints(workdir, read_only=True)
     assert best.steps("best_ensemble") and best.steps("best_single")
 
@@ -154,13 +164,24 @@ SHORT = ("--config.num_epochs=1", "--config.steps_per_epoch=2", "--config.optim.
 def test_two_processes_match_one_process(env, tmp_path):
     """launch/local_cpu_multiprocess.sh: 2 processes x 2 CPU devices vs 1 x 4 devices."""
     two_dir, one_dir = tmp_path / "two", tmp_path / "one"
-    env2 = dict(env, NUM_PROCESSES="2", DEVICES_PER_PROCESS="2", PYTHON=sys.executable,
-                PORT=str(23000 + os.getpid() % 2000))
-    two = subprocess.Popen(["bash", "launch/local_cpu_multiprocess.sh", "configs/smoke.py",
-                            str(two_dir), *SHORT], cwd=REPO, env=env2, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    single = _run(_main_cmd(one_dir, *SHORT),
-                  dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    env2 = dict(
+        env,
+        NUM_PROCESSES="2",
+        DEVICES_PER_PROCESS="2",
+        PYTHON=sys.executable,
+        PORT=str(23000 + os.getpid() % 2000),
+    )
+    two = subprocess.Popen(
+        ["bash", "launch/local_cpu_multiprocess.sh", "configs/smoke.py", str(two_dir), *SHORT],
+        cwd=REPO,
+        env=env2,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    single = _run(
+        _main_cmd(one_dir, *SHORT), dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    )
     two_out, two_err = two.communicate(timeout=600)
     assert two.returncode == 0, two_err[-3000:]
     assert single.returncode == 0, single.stderr[-3000:]
@@ -171,8 +192,9 @@ def test_two_processes_match_one_process(env, tmp_path):
     two_summary = json.loads(two_out.strip().splitlines()[-1])
     one_summary = json.loads(single.stdout.strip().splitlines()[-1])
     assert two_summary["final"]["num_examples"] == one_summary["final"]["num_examples"] == 256
-    np.testing.assert_allclose(two_summary["final"]["ensemble"]["top1"],
-                               one_summary["final"]["ensemble"]["top1"])
+    np.testing.assert_allclose(
+        two_summary["final"]["ensemble"]["top1"], one_summary["final"]["ensemble"]["top1"]
+    )
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -187,16 +209,22 @@ def _assert_one_line_error(result, *fragments):
 
 
 def _snapshot(workdir):
-    return sorted((str(p.relative_to(workdir)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in pathlib.Path(workdir).rglob("*") if p.is_file())
+    return sorted(
+        (str(p.relative_to(workdir)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in pathlib.Path(workdir).rglob("*")
+        if p.is_file()
+    )
 
 
-@pytest.mark.parametrize("overrides, fragments", [
-    (("--config.dataset.name=cifar100",), ("cifar100", "TFDS_DATA_DIR")),
-    (("--config.batch_size=12",), ("batch_size=12", "8 devices")),
-    (("--config.moco.queue_size=40",), ("moco.queue_size=40",)),
-    (("--config.model.num_experts=0",), ("num_experts=0",)),
-])
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (("--config.dataset.name=cifar100",), ("cifar100", "TFDS_DATA_DIR")),
+        (("--config.batch_size=12",), ("batch_size=12", "8 devices")),
+        (("--config.moco.queue_size=40",), ("moco.queue_size=40",)),
+        (("--config.model.num_experts=0",), ("num_experts=0",)),
+    ],
+)
 def test_bad_config_fails_with_one_line_before_compute(env, tmp_path, overrides, fragments):
     _assert_one_line_error(_run(_main_cmd(tmp_path / "w", *overrides), env), *fragments)
     assert not list((tmp_path / "w").glob("checkpoints/*"))
@@ -219,8 +247,11 @@ def test_corrupt_checkpoint_fails_clearly_and_is_kept(env, uninterrupted, tmp_pa
     source, _ = uninterrupted
     workdir = tmp_path / "corrupt"
     shutil.copytree(source, workdir)
-    damaged = [p for p in (workdir / "checkpoints" / "12").rglob("*") if p.is_file()
-               and "ocdbt" not in p.name and p.stat().st_size > 1000]
+    damaged = [
+        p
+        for p in (workdir / "checkpoints" / "12").rglob("*")
+        if p.is_file() and "ocdbt" not in p.name and p.stat().st_size > 1000
+    ]
     for path in damaged:
         path.write_bytes(b"\0" * 64)
     before = _snapshot(workdir)

@@ -20,8 +20,9 @@ STEPS_PER_EPOCH = 4
 def _setup(variant, num_devices, moco=True, num_experts=3):
     """(config, step config, initial state, pmapped step), compiled once per combination."""
     config = tiny_config(variant, moco=moco, num_experts=num_experts)
-    cfg = builders.make_step_config(config, class_counts=class_counts(),
-                                    steps_per_epoch=STEPS_PER_EPOCH)
+    cfg = builders.make_step_config(
+        config, class_counts=class_counts(), steps_per_epoch=STEPS_PER_EPOCH
+    )
     state = builders.create_state(config, cfg)
     step = pmap_train_step(cfg, donate=False, devices=jax.local_devices()[:num_devices])
     return config, cfg, state, step
@@ -38,8 +39,9 @@ def _run(variant, num_devices, num_steps=2, **kwargs):
 
 
 def _assert_trees_close(a, b, **tol):
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
-                            strict=True):
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=str(path), **tol)
 
 
@@ -63,8 +65,9 @@ def test_eight_devices_equal_one_device_on_the_same_global_batch(variant):
 def test_replicas_identical_and_every_expert_changes_differently():
     _, _, state0, _ = _setup("paper", 8)
     state, _ = _run("paper", 8, num_steps=1)
-    for leaf in jax.tree.leaves((state.params, state.batch_stats, state.ema_params,
-                                 state.queue, state.opt_state)):
+    for leaf in jax.tree.leaves(
+        (state.params, state.batch_stats, state.ema_params, state.queue, state.opt_state)
+    ):
         leaf = np.asarray(leaf)
         assert np.array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
     before = state0.params["encoder"]["conv1"]["kernel"]
@@ -85,24 +88,40 @@ def test_ema_moves_by_one_minus_momentum_and_queue_holds_gathered_keys(variant):
     new, _ = step(replicate(state), shard(batch, 8))
     new = jax.tree.map(lambda x: x[0], new)
 
-    m = config.moco.momentum ** config.moco.ema_repeats
+    m = config.moco.momentum**config.moco.ema_repeats
     expected = jax.tree.map(lambda e, p: e + (1 - m) * (p - e), state.ema_params, state.params)
     if not config.moco.ema_projector:  # official: the key projector is frozen
         expected["projector"] = state.ema_params["projector"]
     _assert_trees_close(new.ema_params, expected, rtol=1e-6, atol=1e-7)
 
     assert int(new.queue_ptr) == config.batch_size
-    key_params = (ema_update(state.ema_params, state.params, momentum=cfg.ema_momentum,
-                             repeats=cfg.ema_repeats, include_projector=cfg.ema_projector)
-                  if cfg.ema_before_keys else state.ema_params)
-    out, _ = apply_stacked(cfg.expert.clone(bn_axis_name=None), key_params,
-                           state.ema_batch_stats, jnp.asarray(batch["key_image"]), train=True)
+    key_params = (
+        ema_update(
+            state.ema_params,
+            state.params,
+            momentum=cfg.ema_momentum,
+            repeats=cfg.ema_repeats,
+            include_projector=cfg.ema_projector,
+        )
+        if cfg.ema_before_keys
+        else state.ema_params
+    )
+    out, _ = apply_stacked(
+        cfg.expert.clone(bn_axis_name=None),
+        key_params,
+        state.ema_batch_stats,
+        jnp.asarray(batch["key_image"]),
+        train=True,
+    )
     keys = np.array(out["projections"])
     keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(new.queue[:, : config.batch_size]), keys, rtol=2e-4,
-                               atol=2e-5)
-    np.testing.assert_array_equal(np.asarray(new.queue[:, config.batch_size:]),
-                                  np.asarray(state.queue[:, config.batch_size:]))
+    np.testing.assert_allclose(
+        np.asarray(new.queue[:, : config.batch_size]), keys, rtol=2e-4, atol=2e-5
+    )
+    np.testing.assert_array_equal(
+        np.asarray(new.queue[:, config.batch_size :]),
+        np.asarray(state.queue[:, config.batch_size :]),
+    )
 
 
 def test_queue_pointer_wraps_around():
@@ -127,8 +146,18 @@ def test_batch_not_split_over_devices_fails_before_compiling():
 
 @pytest.mark.parametrize(
     "epoch, expected",
-    [(1, 0.046667), (2, 0.06), (3, 0.073333), (4, 0.086667), (5, 0.1), (319, 0.1),
-     (320, 0.01), (359, 0.01), (360, 0.001), (400, 0.001)],
+    [
+        (1, 0.046667),
+        (2, 0.06),
+        (3, 0.073333),
+        (4, 0.086667),
+        (5, 0.1),
+        (319, 0.1),
+        (320, 0.01),
+        (359, 0.01),
+        (360, 0.001),
+        (400, 0.001),
+    ],
 )
 def test_warmup_multistep_schedule_cifar(epoch, expected):
     assert optim.warmup_multistep_lr(epoch, base_lr=0.1) == pytest.approx(expected, abs=1e-6)
@@ -139,8 +168,7 @@ def test_warmup_multistep_schedule_cifar(epoch, expected):
 
 @pytest.mark.parametrize("epoch, expected", [(1, 0.199988), (100, 0.10005), (200, 0.0001)])
 def test_cosine_schedule_imagenet(epoch, expected):
-    assert optim.cosine_lr(epoch, base_lr=0.2, num_epochs=200) == pytest.approx(expected,
-                                                                               abs=1e-6)
+    assert optim.cosine_lr(epoch, base_lr=0.2, num_epochs=200) == pytest.approx(expected, abs=1e-6)
 
 
 def test_optimizer_matches_torch_sgd_nesterov_with_coupled_decay():

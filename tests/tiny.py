@@ -38,5 +38,6 @@ def global_batch(batch_size, seed=0):
 
 
 def shard(batch, num_devices):
-    return {k: v.reshape(num_devices, v.shape[0] // num_devices, *v.shape[1:])
-            for k, v in batch.items()}
+    return {
+        k: v.reshape(num_devices, v.shape[0] // num_devices, *v.shape[1:]) for k, v in batch.items()
+    }

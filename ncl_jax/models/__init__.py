@@ -14,8 +14,16 @@ from ncl_jax.models.experts import (
     stacked,
 )
 
-__all__ = ["BACKBONES", "STRATEGIES", "Expert", "apply_stacked", "build_expert", "init_stacked",
-           "resolve_strategy", "stacked"]
+__all__ = [
+    "BACKBONES",
+    "STRATEGIES",
+    "Expert",
+    "apply_stacked",
+    "build_expert",
+    "init_stacked",
+    "resolve_strategy",
+    "stacked",
+]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -27,7 +35,14 @@ def build_expert(config, *, bn_axis_name: str | None = None, with_projector: boo
         raise ValueError(f"model.dtype={m.dtype!r}; use one of {tuple(_DTYPES)}.")
     if with_projector is None:
         with_projector = bool(config.moco.enabled)
-    return Expert(backbone=m.backbone, num_classes=config.dataset.num_classes, depth=m.depth,
-                  width=m.width, classifier=m.classifier, cos_scale=m.cos_scale,
-                  projector_dim=config.moco.dim if with_projector else 0,
-                  dtype=_DTYPES[m.dtype], bn_axis_name=bn_axis_name)
+    return Expert(
+        backbone=m.backbone,
+        num_classes=config.dataset.num_classes,
+        depth=m.depth,
+        width=m.width,
+        classifier=m.classifier,
+        cos_scale=m.cos_scale,
+        projector_dim=config.moco.dim if with_projector else 0,
+        dtype=_DTYPES[m.dtype],
+        bn_axis_name=bn_axis_name,
+    )

@@ -30,8 +30,10 @@ from ncl_jax.models.resnet_cifar import BasicBlockA, ResNetCifar
 
 STRATEGIES = ("vmap", "loop", "cpu_loop")
 RESIDUAL_BLOCKS = (BasicBlockA, Bottleneck)
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
-                        "xla_llvm_disable_expensive_passes": True}
+FAST_COMPILE_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
 BACKBONES = ("resnet32_cifar",) + tuple(STAGE_SIZES)
 
 
@@ -53,18 +55,24 @@ class Expert(nn.Module):
             self.encoder = ResNetCifar(
                 blocks_per_stage=5 if self.depth <= 0 else self.depth,
                 width=16 if self.width <= 0 else self.width,
-                dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+                dtype=self.dtype,
+                bn_axis_name=self.bn_axis_name,
+            )
         elif self.backbone in STAGE_SIZES:
             groups, width_per_group = GROUPS[self.backbone]
             stages = STAGE_SIZES[self.backbone]
             self.encoder = ResNet(
                 stage_sizes=stages if self.depth <= 0 else (self.depth,) * len(stages),
                 width=64 if self.width <= 0 else self.width,
-                groups=groups, width_per_group=width_per_group,
-                dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+                groups=groups,
+                width_per_group=width_per_group,
+                dtype=self.dtype,
+                bn_axis_name=self.bn_axis_name,
+            )
         else:
             raise ValueError(
-                f"model.backbone={self.backbone!r} is unknown; use one of {BACKBONES}.")
+                f"model.backbone={self.backbone!r} is unknown; use one of {BACKBONES}."
+            )
         if self.classifier == "linear":
             self.head = LinearHead(self.num_classes)
         elif self.classifier == "cosine":
@@ -83,11 +91,19 @@ class Expert(nn.Module):
 
 def stacked(expert: Expert, num_experts: int) -> nn.Module:
     """The nn.vmap'ed expert: variables get a leading axis K, each expert its own init rng."""
-    fields = {f.name: getattr(expert, f.name) for f in dataclasses.fields(expert)
-              if f.name not in ("parent", "name")}
-    return nn.vmap(type(expert), variable_axes={"params": 0, "batch_stats": 0},
-                   split_rngs={"params": True}, in_axes=None, out_axes=0,
-                   axis_size=num_experts)(**fields)
+    fields = {
+        f.name: getattr(expert, f.name)
+        for f in dataclasses.fields(expert)
+        if f.name not in ("parent", "name")
+    }
+    return nn.vmap(
+        type(expert),
+        variable_axes={"params": 0, "batch_stats": 0},
+        split_rngs={"params": True},
+        in_axes=None,
+        out_axes=0,
+        axis_size=num_experts,
+    )(**fields)
 
 
 def init_stacked(expert: Expert, num_experts: int, rng, sample_input):
@@ -128,8 +144,9 @@ def _barrier_after_blocks(next_fun, args, kwargs, context):
     return out
 
 
-def apply_stacked(expert: Expert, params, batch_stats, images, *, train: bool,
-                  strategy: str = "loop"):
+def apply_stacked(
+    expert: Expert, params, batch_stats, images, *, train: bool, strategy: str = "loop"
+):
     """Runs all K experts on the same images.
 
     Returns (outputs, new_batch_stats): outputs is a dict of [K, B, ...] arrays; new
@@ -139,8 +156,7 @@ def apply_stacked(expert: Expert, params, batch_stats, images, *, train: bool,
         raise ValueError(f"model.expert_strategy={strategy!r}; use one of {STRATEGIES} or 'auto'.")
     if strategy == "cpu_loop":
         with nn.intercept_methods(_barrier_after_blocks):
-            return apply_stacked(expert, params, batch_stats, images, train=train,
-                                 strategy="loop")
+            return apply_stacked(expert, params, batch_stats, images, train=train, strategy="loop")
     k = num_experts_of(params)
     variables = {"params": params, "batch_stats": batch_stats}
     if strategy == "vmap":

@@ -10,8 +10,9 @@ from ncl_jax.models.init import torch_default_bias, torch_default_kernel
 
 def torch_dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
     """nn.Linear with PyTorch's default init (weights and bias U(+-1/sqrt(fan_in)))."""
-    return nn.Dense(features, kernel_init=torch_default_kernel,
-                    bias_init=torch_default_bias(fan_in), name=name)
+    return nn.Dense(
+        features, kernel_init=torch_default_kernel, bias_init=torch_default_bias(fan_in), name=name
+    )
 
 
 class LinearHead(nn.Module):

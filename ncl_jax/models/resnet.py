@@ -14,8 +14,11 @@ from flax import linen as nn
 from ncl_jax.models.init import torch_default_kernel
 from ncl_jax.models.resnet_cifar import batch_norm
 
-STAGE_SIZES = {"resnet50": (3, 4, 6, 3), "resnet152": (3, 8, 36, 3),
-               "resnext50_32x4d": (3, 4, 6, 3)}
+STAGE_SIZES = {
+    "resnet50": (3, 4, 6, 3),
+    "resnet152": (3, 8, 36, 3),
+    "resnext50_32x4d": (3, 4, 6, 3),
+}
 GROUPS = {"resnet50": (1, 64), "resnet152": (1, 64), "resnext50_32x4d": (32, 4)}
 
 
@@ -32,9 +35,16 @@ class Bottleneck(nn.Module):
         width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
         out_ch = self.planes * 4
         conv = lambda feat, k, s, name, groups=1: nn.Conv(
-            feat, (k, k), (s, s), padding=((k // 2, k // 2),) * 2, use_bias=False,
-            feature_group_count=groups, kernel_init=torch_default_kernel, dtype=self.dtype,
-            name=name)
+            feat,
+            (k, k),
+            (s, s),
+            padding=((k // 2, k // 2),) * 2,
+            use_bias=False,
+            feature_group_count=groups,
+            kernel_init=torch_default_kernel,
+            dtype=self.dtype,
+            name=name,
+        )
         bn = lambda name: batch_norm(train, self.bn_axis_name, self.dtype, name)
         y = nn.relu(bn("bn1")(conv(width, 1, 1, "conv1")(x)))
         y = nn.relu(bn("bn2")(conv(width, 3, self.stride, "conv2", self.groups)(y)))
@@ -61,14 +71,28 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    kernel_init=torch_default_kernel, dtype=self.dtype, name="conv1")(x)
+        x = nn.Conv(
+            self.width,
+            (7, 7),
+            (2, 2),
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            kernel_init=torch_default_kernel,
+            dtype=self.dtype,
+            name="conv1",
+        )(x)
         x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = Bottleneck(self.width * 2**stage, stride, self.groups, self.width_per_group,
-                               self.dtype, self.bn_axis_name,
-                               name=f"layer{stage + 1}_block{block + 1}")(x, train)
+                x = Bottleneck(
+                    self.width * 2**stage,
+                    stride,
+                    self.groups,
+                    self.width_per_group,
+                    self.dtype,
+                    self.bn_axis_name,
+                    name=f"layer{stage + 1}_block{block + 1}",
+                )(x, train)
         return jnp.mean(x, axis=(1, 2))

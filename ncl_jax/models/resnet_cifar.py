@@ -18,8 +18,14 @@ from ncl_jax.models.init import kaiming_normal_fan_in
 def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str | None = None):
     """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5); `axis_name`
     synchronises batch statistics across devices (SyncBN)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        axis_name=axis_name if train else None, dtype=dtype, name=name)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        axis_name=axis_name if train else None,
+        dtype=dtype,
+        name=name,
+    )
 
 
 class BasicBlockA(nn.Module):
@@ -32,9 +38,16 @@ class BasicBlockA(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = lambda s, name: nn.Conv(self.planes, (3, 3), (s, s), padding=((1, 1), (1, 1)),
-                                       use_bias=False, kernel_init=kaiming_normal_fan_in,
-                                       dtype=self.dtype, name=name)
+        conv = lambda s, name: nn.Conv(
+            self.planes,
+            (3, 3),
+            (s, s),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_in,
+            dtype=self.dtype,
+            name=name,
+        )
         y = conv(self.stride, "conv1")(x)
         y = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(y))
         y = conv(1, "conv2")(y)
@@ -60,12 +73,24 @@ class ResNetCifar(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                    kernel_init=kaiming_normal_fan_in, dtype=self.dtype, name="conv1")(x)
+        x = nn.Conv(
+            self.width,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_in,
+            dtype=self.dtype,
+            name="conv1",
+        )(x)
         x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(x))
         for stage, mult in enumerate((1, 2, 4)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlockA(self.width * mult, stride, self.dtype, self.bn_axis_name,
-                                name=f"stage{stage + 1}_block{block + 1}")(x, train)
+                x = BasicBlockA(
+                    self.width * mult,
+                    stride,
+                    self.dtype,
+                    self.bn_axis_name,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(x, train)
         return jnp.mean(x, axis=(1, 2))
