@@ -2,9 +2,10 @@
 
 Dataset files (`cifar100_lt.py`, ...) start from `get_base_config()` and change only what
 differs. Variant presets (`paper` / `official`) are applied with `apply_variant`, so that the
-two readings of NCL are consistent sets of named fields (design.md section 4).
+two readings of NCL are consistent sets of named fields (docs/design.md, "Paper and official code").
 
-Durations are in epochs; steps are derived in one place (`ncl_jax.config_utils`).
+Durations are in epochs; steps are derived from them once the data is known
+(`ncl_jax.train.resolve_steps_per_epoch`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.name = "cifar100"  # TFDS builder name (cifar10, cifar100, cifar10_jpeg, imagenet2012,
     #                      places365_small, i_naturalist2018); a free label for other sources
     d.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $TFDS_DATA_DIR
-    d.download = False  # let TFDS download/prepare a missing dataset
+    d.download = "auto"  # missing TFDS dataset: "auto" fetches cifar10/100 only | True | False
     d.train_split = "train"  # TFDS split holding the (balanced or long-tailed) training set
     d.eval_split = "test"  # TFDS split used for per-epoch evaluation and model selection
     d.num_classes = 100  # number of classes C
@@ -109,12 +110,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.group_rule = "official"  # many/medium/few: official (>=100 / <=20) | paper (>100 / <20)
     c.log_every_steps = 50  # training metrics / progress interval
     c.checkpoint_every_epochs = 10  # periodic checkpoint interval (also at the end, on SIGTERM)
-    c.keep_checkpoints = 2  # periodic checkpoints kept (best_* and final are kept separately)
+    c.keep_checkpoints = 2  # newest periodic checkpoints kept (the final one is the newest);
+    #                         best_ensemble / best_single keep one each
     return c
 
 
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Sets every field that differs between the paper and the official code (design.md s.4)."""
+    """Sets every field that differs between the paper and the official code (docs/design.md)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is unknown; use one of {VARIANTS}.")
     config.variant = variant

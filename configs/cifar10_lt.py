@@ -1,7 +1,7 @@
 """CIFAR-10-LT, ResNet-32, K=3 experts (paper Table 1).
 
   python -m ncl_jax.main --config=configs/cifar10_lt.py:if100 --workdir=runs/c10_if100
-  # offline copy of CIFAR-10 (../shared/tensorflow_datasets):
+  # offline copy of CIFAR-10 (TFDS_DATA_DIR holding cifar10_jpeg):
   python -m ncl_jax.main --config=configs/cifar10_lt.py:if100 --workdir=runs/c10 \\
       --config.dataset.name=cifar10_jpeg
 

@@ -37,31 +37,34 @@ from ncl_jax.data.long_tail import long_tailed_counts
 from ncl_jax.models import resolve_strategy
 from ncl_jax.train_step import pmap_train_step, replicate
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/cifar100_lt.py (as for ncl_jax.main)."
-)
-_MODE = flags.DEFINE_enum(
-    "mode",
-    "all",
-    ["step", "pipeline", "all"],
-    "What to time: the train step (no TensorFlow), the tf.data input "
-    "pipeline, or both (the pipeline is skipped with a note when its "
-    "data or TensorFlow is missing).",
-)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
-_EXPERTS = flags.DEFINE_list("experts", [], "Values of K to time (default: model.num_experts).")
-_MOCO = flags.DEFINE_enum(
-    "moco",
-    "config",
-    ["config", "on", "off", "both"],
-    "Self-supervision branch: as configured, forced on/off, or both.",
-)
-_STRATEGIES = flags.DEFINE_list(
-    "strategies", [], "Expert strategies to time (default: model.expert_strategy)."
-)
-_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Timed input batches.")
+
+def _define_flags() -> None:
+    """Defined by the CLI, not at import, so that modules can be imported side by side."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. configs/cifar100_lt.py (as for ncl_jax.main)."
+    )
+    flags.DEFINE_enum(
+        "mode",
+        "all",
+        ["step", "pipeline", "all"],
+        "What to time: the train step (no TensorFlow), the tf.data input "
+        "pipeline, or both (the pipeline is skipped with a note when its "
+        "data or TensorFlow is missing).",
+    )
+    flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+    flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
+    flags.DEFINE_list("experts", [], "Values of K to time (default: model.num_experts).")
+    flags.DEFINE_enum(
+        "moco",
+        "config",
+        ["config", "on", "off", "both"],
+        "Self-supervision branch: as configured, forced on/off, or both.",
+    )
+    flags.DEFINE_list(
+        "strategies", [], "Expert strategies to time (default: model.expert_strategy)."
+    )
+    flags.DEFINE_integer("pipeline_batches", 20, "Timed input batches.")
 
 
 @dataclasses.dataclass
@@ -286,23 +289,31 @@ def main(argv) -> None:
     from ncl_jax.cli import run_cli
 
     def go():
-        host_devices.configure_for(_CONFIG.value)  # as ncl_jax.main does, before JAX starts
+        host_devices.configure_for(flags.FLAGS.config)  # as ncl_jax.main does, before JAX starts
         summary = run(
-            _CONFIG.value,
-            mode=_MODE.value,
-            steps=_STEPS.value,
-            warmup=_WARMUP.value,
-            repeats=_REPEATS.value,
-            experts=_EXPERTS.value,
-            moco=_MOCO.value,
-            strategies=_STRATEGIES.value,
-            pipeline_batches=_PIPELINE_BATCHES.value,
+            flags.FLAGS.config,
+            mode=flags.FLAGS.mode,
+            steps=flags.FLAGS.steps,
+            warmup=flags.FLAGS.warmup,
+            repeats=flags.FLAGS.repeats,
+            experts=flags.FLAGS.experts,
+            moco=flags.FLAGS.moco,
+            strategies=flags.FLAGS.strategies,
+            pipeline_batches=flags.FLAGS.pipeline_batches,
         )
         print(json.dumps(summary))
 
     run_cli(go)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script `ncl-benchmark`: the same as `python -m ncl_jax.benchmark`."""
+    from ncl_jax.cli import run_app
+
+    _define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    run_app(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,8 +5,17 @@ Layout under the workdir:
   checkpoints/<step>/      periodic, end-of-training and SIGTERM checkpoints (newest kept)
   best_ensemble/<step>/    best ensemble top-1 on the evaluation split (official selection)
   best_single/<step>/      best single-expert top-1 on the evaluation split
+  set_aside/<kind>/<step>/ checkpoints newer than the step a run resumed from (unreadable,
+                           non-finite, or explicitly superseded with --step): moved, never
+                           deleted
 Each checkpoint holds two items: `state` (the unreplicated TrainState as host arrays, so it
-restores on any device count) and `meta` (JSON: epoch, step, metrics).
+restores on any device count) and `meta` (JSON: `step`; `epoch`, the number of whole epochs
+completed at that step, for every kind, so a SIGTERM checkpoint taken mid-epoch e (0-based)
+records e; `best`; `last_eval`).
+
+No checkpoint ever holds a non-finite value (NaN, Inf, or |x| >= 2^64, which only a diverged
+update produces; `metrics.all_finite`): `save` refuses such a state and `restore` refuses to
+return one, so a damaged or pre-guard checkpoint cannot be resumed or evaluated by accident.
 """
 
 from __future__ import annotations
@@ -19,10 +28,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
-from ncl_jax.errors import CheckpointError
+from ncl_jax.errors import CheckpointError, TrainingDiverged
+from ncl_jax.metrics import tree_is_finite
 
 KINDS = ("checkpoints", "best_ensemble", "best_single")
+NONFINITE = "NaN, Inf or |x| >= 2^64"
 
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUMABLE_FIELDS = (
@@ -41,13 +53,8 @@ RESUMABLE_FIELDS = (
 )
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+def _flatten(tree: dict) -> dict[str, Any]:
+    return traverse_util.flatten_dict(tree, sep=".")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -78,16 +85,22 @@ class RunCheckpoints:
     def __init__(self, workdir: str, *, keep: int = 2, read_only: bool = False):
         self.workdir = os.fspath(workdir)
         self.read_only = read_only
+        self._keep = keep
         self._managers: dict[str, ocp.CheckpointManager] = {}
+        self._open()
+
+    def _open(self) -> None:
         for kind in KINDS:
             path = epath.Path(self.workdir) / kind
-            if read_only and not path.is_dir():
+            if self.read_only and not path.is_dir():
                 continue
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep if kind == "checkpoints" else 1,
-                create=not read_only,
-                read_only=read_only,
-                enable_async_checkpointing=not read_only,
+                preservation_policy=ocp.checkpoint_managers.LatestN(
+                    self._keep if kind == "checkpoints" else 1
+                ),
+                create=not self.read_only,
+                read_only=self.read_only,
+                enable_async_checkpointing=not self.read_only,
                 # Three managers may save the same step: their multi-host barriers need
                 # distinct names.
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -153,11 +166,14 @@ class RunCheckpoints:
         for kind in KINDS:
             if step in self.steps(kind):
                 return kind, step
-        available = sorted({s for kind in KINDS for s in self.steps(kind)})
         raise CheckpointError(
-            f"no checkpoint at step {step} in {self.workdir}; available "
-            f"steps: {available or 'none'}."
+            f"no checkpoint at step {step} in {self.workdir}; available steps: "
+            f"{self.all_steps() or 'none'}."
         )
+
+    def all_steps(self) -> list[int]:
+        """Every step held by any kind, ascending."""
+        return sorted({s for kind in KINDS for s in self.steps(kind)})
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host at the same step once any host was told to stop (multi-host)."""
@@ -172,6 +188,11 @@ class RunCheckpoints:
         if step in self.steps(kind):
             return
         host_state = jax.tree.map(np.asarray, jax.device_get(state))
+        if not tree_is_finite(host_state):  # the training loop stops before this; never save
+            raise TrainingDiverged(
+                f"refused to save a state with non-finite values ({NONFINITE}) at step {step} "
+                f"({kind}). {self.newest_finite_hint()}"
+            )
         self._managers[kind].save(
             step,
             args=ocp.args.Composite(
@@ -182,8 +203,16 @@ class RunCheckpoints:
 
     def restore(self, kind: str, step: int, target: Any) -> tuple[Any, dict]:
         """Restores into the structure of `target` (host arrays). Raises CheckpointError for a
-        corrupt, partial or incompatible checkpoint; nothing on disk is touched."""
+        corrupt, partial, incompatible or non-finite checkpoint; nothing on disk is touched."""
         host_target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), target)
+        where = f"{self.workdir}/{kind}/{step}"
+        others = [s for s in self.all_steps() if s != step]
+        hint = (
+            f"it was left untouched; other steps: {others} (pass --step=N to evaluate or "
+            "resume from one), or move it away."
+            if others
+            else "it was left untouched; no other checkpoint exists: use a new --workdir."
+        )
         try:
             restored = self._managers[kind].restore(
                 step,
@@ -194,11 +223,46 @@ class RunCheckpoints:
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise CheckpointError(
-                f"checkpoint {self.workdir}/{kind}/{step} cannot be read ({type(err).__name__}: "
-                f"{first_line}); it was left untouched: evaluate/resume another step with "
-                "--step, or move it away."
+                f"checkpoint {where} cannot be read ({type(err).__name__}: {first_line}); {hint}"
             ) from err
+        if not tree_is_finite(restored["state"]):
+            raise CheckpointError(
+                f"checkpoint {where} holds non-finite values (NaN, Inf or |x| >= 2^64); {hint}"
+            )
         return restored["state"], dict(restored["meta"])
+
+    def newest_finite_hint(self) -> str:
+        """Names the newest periodic checkpoint (all saved ones are finite) for messages."""
+        latest = self.latest_step()
+        if latest is None:
+            return f"No checkpoint was written in {self.workdir}/checkpoints."
+        return f"The newest good checkpoint is step {latest} in {self.workdir}/checkpoints."
+
+    def set_aside(self, steps_by_kind: dict[str, list[int]]) -> list[str]:
+        """Moves those checkpoints to WORKDIR/set_aside/<kind>/<step> (kept, never deleted),
+        so that a run resumed from an earlier step can write its own; returns the new paths.
+        All processes call it; process 0 moves, and the managers are reopened afterwards."""
+        self.wait()
+        self.close()
+        moved = []
+        for kind, steps in steps_by_kind.items():
+            for step in steps:
+                source = epath.Path(self.workdir) / kind / str(step)
+                target = epath.Path(self.workdir) / "set_aside" / kind / str(step)
+                suffix = 1
+                while target.exists():
+                    target = target.parent / f"{step}.{suffix}"
+                    suffix += 1
+                if jax.process_index() == 0 and source.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source.rename(target)
+                moved.append(os.fspath(target))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("ncl_jax_set_aside")
+        self._open()
+        return moved
 
     def wait(self) -> None:
         for manager in self._managers.values():

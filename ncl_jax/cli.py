@@ -1,10 +1,19 @@
-"""Shared behaviour of the command-line entry points: one clear line for bad input."""
+"""Shared behaviour of the command-line entry points: one clear line for bad input.
+
+Every entry point (`python -m ncl_jax.X` and its `ncl-X` console script) starts through
+`run_app`: flags are parsed by `parse_flags`, which turns any bad flag, config file, config
+argument or config override into one `error:` line (exit status 2) instead of a traceback;
+the work itself runs under `run_cli`, which does the same for bad input found later.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
 
 from ncl_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
@@ -40,3 +49,51 @@ def _exit_with(err: Exception, status: int) -> None:
     message = " ".join(str(err).split()) or type(err).__name__
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
+
+
+_SUGGESTION = re.compile(r"'(?P<key>[^'\\]+)\\?'.*Did you mean \"(?P<hint>[^\"]+)\"", re.S)
+_EXCEPTION_LINE = re.compile(r"^\s*[A-Za-z_.]*(?:Error|Exception): (?P<msg>.+)$")
+# Exceptions that ml_collections and absl raise for bad flags, config files and overrides.
+_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError)
+
+
+def flag_error_message(err: BaseException, argv: Sequence[str]) -> str:
+    """One line for an exception raised while parsing `argv` (pure; tested directly)."""
+    text = str(err.args[0]) if isinstance(err, AttributeError | KeyError) and err.args else str(err)
+    suggestion = _SUGGESTION.search(text)
+    if suggestion:  # ml_collections: a misspelled field of a config override
+        key, hint = suggestion["key"], suggestion["hint"]
+        for arg in argv:
+            path = arg.lstrip("-").split("=", 1)[0].split(".")
+            if len(path) > 1 and key in path[1:]:
+                at = path.index(key, 1)
+                fixed = ".".join([*path[1:at], hint, *path[at + 1 :]])
+                return f"{'.'.join(path[1:])} is not a config field; did you mean {fixed}?"
+        return f"{key} is not a config field; did you mean {hint}?"
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:  # a traceback inside the message: keep its head and the final cause
+        causes = [m["msg"] for m in map(_EXCEPTION_LINE.match, lines) if m]
+        head = lines[0].rstrip(":").replace("Error whilst parsing config file", "").rstrip(": ")
+        tail = causes[-1] if causes else lines[-1].strip()
+        if "Failed loading config file" in text:
+            return f"cannot load the config file: {tail}"
+        return f"{head}: {tail}" if head and head not in tail else tail
+    return " ".join(text.split()) or type(err).__name__
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """`flag_values(argv)`, with a bad flag or config reported as one `error:` line (exit 2).
+    Used as absl's `flags_parser`."""
+    try:
+        rest = flag_values(list(argv))
+        for name in flag_values:  # a config file that failed to load raises on first use
+            getattr(flag_values[name].value, "_ncl_probe", None)
+        return rest
+    except _FLAG_ERRORS as err:
+        print(f"error: {flag_error_message(err, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_app(main: Callable[[list[str]], None]) -> None:
+    """absl's app.run with `parse_flags`: what every console script and `-m` module calls."""
+    app.run(main, flags_parser=parse_flags)

@@ -61,13 +61,14 @@ def validate_config(
             f"loss.num_hard resolves to {num_hard} hard negatives for {c} classes; it must be in "
             f"[1, {c - 1}] (set loss.num_hard or loss.hard_ratio)."
         )
-    for name in ("batch_size", "eval_batch_size"):
-        size = config[name]
-        if size < 1 or size % num_devices:
-            raise ConfigError(
-                f"{name}={size} does not split over {num_devices} devices "
-                f"({num_processes} processes); use a multiple of {num_devices}."
-            )
+    size = config.batch_size
+    if size < 1 or size % num_devices:
+        raise ConfigError(
+            f"batch_size={size} does not split over {num_devices} devices "
+            f"({num_processes} processes); use a multiple of {num_devices}."
+        )
+    if config.eval_batch_size < 1:  # evaluation rounds it up to whole device batches
+        raise ConfigError(f"eval_batch_size={config.eval_batch_size} must be >= 1.")
     cpu_devices = config.get("cpu_devices", -1)
     if cpu_devices != -1 and cpu_devices < 1:
         raise ConfigError(f"cpu_devices={cpu_devices}: use -1 (one per core) or a count >= 1.")

@@ -15,34 +15,7 @@ from collections.abc import Iterable
 import jax
 import numpy as np
 
-GROUPS = ("many", "medium", "few")
-
-
-def accuracy_summary(
-    correct: np.ndarray, totals: np.ndarray, group_masks: dict[str, np.ndarray]
-) -> dict:
-    """correct [K + 1, C] (experts, then ensemble) and totals [C] -> the evaluation JSON body.
-
-    Accuracies are in percent; a group without test images reports null.
-    """
-    correct, totals = np.asarray(correct, np.float64), np.asarray(totals, np.float64)
-
-    def scores(row: np.ndarray) -> dict:
-        out = {"top1": 100.0 * row.sum() / max(totals.sum(), 1.0)}
-        for group in GROUPS:
-            mask = group_masks[group]
-            n = totals[mask].sum()
-            out[group] = 100.0 * row[mask].sum() / n if n > 0 else None
-        return out
-
-    experts = [scores(row) for row in correct[:-1]]
-    best = int(np.argmax([e["top1"] for e in experts]))
-    return {
-        "num_examples": int(totals.sum()),
-        "experts": experts,
-        "ensemble": scores(correct[-1]),
-        "best_single": {**experts[best], "expert": best},
-    }
+from ncl_jax.metrics import GROUPS, accuracy_summary
 
 
 def run_evaluation(
@@ -114,7 +87,7 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
     batches = data.eval_iterator(
         config.dataset,
-        global_batch_size=config.eval_batch_size,
+        global_batch_size=data.eval_batch_for(config.eval_batch_size, jax.device_count()),
         num_local_devices=jax.local_device_count(),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -145,10 +118,18 @@ def _print_and_write(workdir: str, step: int | None) -> None:
         print(f"wrote {write_result(workdir, result['step'], result)}")
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def cli() -> None:
+    """Console script `ncl-evaluate`: the same as `python -m ncl_jax.evaluate`. Flags are
+    defined here, not at import, because the training loop imports this module."""
+    from absl import flags
+
+    from ncl_jax.cli import run_app
 
     flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest periodic/final).")
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    run_app(main)
+
+
+if __name__ == "__main__":
+    cli()

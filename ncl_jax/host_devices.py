@@ -3,7 +3,7 @@
 Why: XLA:CPU runs most operations of a ResNet-32 step (its YNNPACK convolutions, reductions,
 transposes) on one thread each, and one after another, so on one device the other cores
 mostly idle. The same pmapped step on one device per core runs the per-device shares side by
-side (2 cores, K=3 NCL step with MoCo: 3874 -> 2717 ms; README, Performance).
+side (measured gain: docs/performance.md).
 Batch statistics are synchronised over all devices (`sync_batch_stats`), so the update is
 the same as on one device, up to float summation order; checkpoints do not depend on the
 device count.

@@ -1,4 +1,5 @@
-"""Every NCL equation as a named pure function (paper: Eqs. 2-12; official code: spec s.3).
+"""Every NCL equation as a named pure function (paper Eqs. 2-12; the official code's forms as
+listed in docs/design.md, "Paper and official code").
 
 Shapes: logits are float[K, B, C] raw classifier outputs of K experts, labels int[B],
 class_counts float[C]. Losses are averaged over the batch and summed over experts, as in both
@@ -11,6 +12,8 @@ The two readings of NCL differ in four places, each a field of `LossOptions`:
   nil_hard_set   "per_expert": each expert mines its own Psi (Eq. 3); "anchor": one shared set.
   distill_norm   "pairs": 1/(K(K-1)) over ordered pairs (Eqs. 8-9); "experts": 1/(K-1).
   distill_log_eps  0: exact log-softmax; 1e-9: the official log(softmax + 1e-9) on the student.
+A fifth difference, which expert mines the shared hard set (a random one per step, or expert 0),
+is the `anchor` argument of `ncl_supervised_loss`, chosen by the caller.
 """
 
 from __future__ import annotations

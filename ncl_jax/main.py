@@ -3,9 +3,12 @@
   python -m ncl_jax.main --config=configs/cifar100_lt.py:if100,paper --workdir=runs/c100
   python -m ncl_jax.main --config=configs/cifar10_lt.py:quick --workdir=runs/quick \\
       --config.dataset.name=cifar10_jpeg
+  python -m ncl_jax.main ... --workdir=runs/quick --step=386   # resume from an earlier step
+(`ncl-train` is the same program.)
 
 Several processes (multi-host GPU / TPU pods, or the local CPU test) are joined with
-jax.distributed.initialize: automatically on TPU VMs and SLURM, or from the flags below.
+jax.distributed.initialize: automatically under SLURM, with --distributed=on on TPU VMs (as
+launch/tpu_pod.sh passes), or from the explicit flags below.
 """
 
 from __future__ import annotations
@@ -18,39 +21,48 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ncl_jax import host_devices
-from ncl_jax.cli import run_cli
+from ncl_jax.cli import run_app, run_cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/cifar100_lt.py:if100,paper."
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address",
-    None,
-    "host:port of process 0 (multi-process runs without a "
-    "cluster environment that JAX detects by itself).",
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed",
-    "auto",
-    ["auto", "on", "off"],
-    "auto: initialise jax.distributed when a cluster or the flags "
-    "above say there are several processes.",
-)
+
+def _define_flags() -> None:
+    """Defined by the CLI, not at import, so that modules can be imported side by side."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. configs/cifar100_lt.py:if100,paper."
+    )
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+    flags.DEFINE_integer(
+        "step",
+        None,
+        "Resume from this checkpoint step (default: the newest readable, finite one); newer "
+        "checkpoints are moved to WORKDIR/set_aside.",
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "host:port of process 0 (multi-process runs without a "
+        "cluster environment that JAX detects by itself).",
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes.")
+    flags.DEFINE_integer("process_id", None, "Index of this process.")
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        ["auto", "on", "off"],
+        "auto: initialise jax.distributed when a cluster or the flags "
+        "above say there are several processes.",
+    )
 
 
 def _distributed_requested() -> bool:
-    explicit = _COORDINATOR.value is not None
-    return _DISTRIBUTED.value == "on" or (
-        _DISTRIBUTED.value == "auto" and (explicit or _cluster_detected())
+    explicit = flags.FLAGS.coordinator_address is not None
+    return flags.FLAGS.distributed == "on" or (
+        flags.FLAGS.distributed == "auto" and (explicit or _cluster_detected())
     )
 
 
 def _configure_cpu_devices() -> None:
     """One XLA device per core on CPU hosts (ncl_jax.host_devices); before JAX starts."""
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     if _distributed_requested() and config.cpu_devices == -1:
         return  # per-process batch sizes are unknown here; the launchers set their own count
     host_devices.configure_for(config)
@@ -62,9 +74,9 @@ def _maybe_initialize_distributed() -> None:
     # Cross-process collectives on CPU devices need gloo; set before any backend starts.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
+        coordinator_address=flags.FLAGS.coordinator_address,
+        num_processes=flags.FLAGS.num_processes,
+        process_id=flags.FLAGS.process_id,
     )
 
 
@@ -89,13 +101,21 @@ def main(argv) -> None:
             jax.device_count(),
             jax.default_backend(),
         )
-        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = train_and_evaluate(
+            flags.FLAGS.config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step
+        )
         if jax.process_index() == 0:
             print(json.dumps(result))
 
     run_cli(run)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script `ncl-train`: the same as `python -m ncl_jax.main`."""
+    _define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    run_app(main)
+
+
+if __name__ == "__main__":
+    cli()

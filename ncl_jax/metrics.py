@@ -1,7 +1,9 @@
-"""Accumulating the step's (sum, count) metrics on device, and the non-finite loss guard.
+"""Every metric definition: training metrics, per-class evaluation counts, group accuracies.
 
-Metrics stay on device between log steps (no per-step host sync, so input and compute keep
-overlapping); they are summed over steps and devices only when written.
+Training metrics leave the step as (sum, count) pairs, so padding, devices and hosts all sum
+exactly; they stay on device between log steps (no per-step host sync, so input and compute
+keep overlapping) and are reduced only when written. Evaluation is reduced on device to
+per-class correct counts; `accuracy_summary` turns those into the evaluation JSON.
 """
 
 from __future__ import annotations
@@ -11,12 +13,63 @@ import jax.numpy as jnp
 import numpy as np
 
 NONFINITE_KEY = "first_nonfinite_step"
+GROUPS = ("many", "medium", "few")
 _NO_STEP = np.iinfo(np.int32).max
 
 
-def nonfinite_marker(loss, step):
-    """The step number if the loss is not finite, else int32 max (combined with min)."""
-    return jnp.where(jnp.isfinite(loss), _NO_STEP, step).astype(jnp.int32)
+# ---------------------------------------------------------------------------- training
+def pair(total, count) -> jax.Array:
+    """A metric as float32 (sum, count)."""
+    return jnp.stack([jnp.asarray(total, jnp.float32), jnp.asarray(count, jnp.float32)])
+
+
+def train_metrics(loss, aux: dict, logits, labels) -> dict[str, jax.Array]:
+    """The step's metrics on this device's shard: the loss and every loss term in `aux`
+    (batch means), training top-1 of each expert and of the ensemble (mean of logits).
+    logits [K, b, C], labels [b]."""
+    local_batch = labels.shape[0]
+    metrics = {"loss": pair(loss * local_batch, local_batch)}
+    for name, value in aux.items():
+        metrics[name] = pair(value * local_batch, local_batch)
+    correct = jnp.argmax(logits, axis=-1) == labels[None]  # [K, b]
+    for k in range(logits.shape[0]):
+        metrics[f"accuracy/expert_{k}"] = pair(jnp.sum(correct[k]), local_batch)
+    ensemble = jnp.argmax(jnp.mean(logits, axis=0), axis=-1) == labels
+    metrics["accuracy/ensemble"] = pair(jnp.sum(ensemble), local_batch)
+    return metrics
+
+
+# A healthy network never holds a value this large; an update that diverged does, and so
+# does every state after it. At |x| >= 2**64 a square overflows float32, so such a state
+# is one step from Inf even while every value is still finite.
+MAX_ABS_VALUE = 2.0**64
+
+
+def all_finite(tree) -> jax.Array:
+    """bool scalar: every floating-point leaf of `tree` is free of NaN/Inf and below
+    MAX_ABS_VALUE in magnitude. One fused max-reduction per leaf on device (optax only offers
+    skipping non-finite updates, not this test)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return jnp.bool_(True)
+    # NaN compares False, so a NaN anywhere makes the result False too.
+    return jnp.all(jnp.stack([jnp.max(jnp.abs(x)) < MAX_ABS_VALUE for x in leaves]))
+
+
+def nonfinite_marker(finite, step):
+    """The step number if `finite` is False, else int32 max (combined over steps with min)."""
+    return jnp.where(finite, _NO_STEP, step).astype(jnp.int32)
+
+
+def tree_is_finite(tree) -> bool:
+    """Host version of `all_finite` for trees of numpy arrays (checkpoints being written or
+    just read); None leaves are skipped."""
+    for x in jax.tree.leaves(tree):
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.inexact) and x.size:
+            if not np.max(np.abs(x)) < MAX_ABS_VALUE:  # also False for NaN
+                return False
+    return True
 
 
 @jax.jit
@@ -36,7 +89,8 @@ class MetricSums:
         self._total = metrics if self._total is None else _combine(self._total, metrics)
 
     def result(self) -> tuple[dict[str, float], int | None]:
-        """(means over everything added, first step with a non-finite loss or None); resets."""
+        """(means over everything added, first step whose loss or new state was not finite, or
+        None); resets."""
         if self._total is None:
             return {}, None
         host = jax.device_get(self._total)
@@ -47,7 +101,62 @@ class MetricSums:
             host = multihost_utils.process_allgather(host)
         first_bad = int(np.min(host.pop(NONFINITE_KEY, _NO_STEP)))
         means = {}
-        for name, pair in host.items():
-            total, count = np.asarray(pair, np.float64).reshape(-1, 2).sum(0)
+        for name, value in host.items():
+            total, count = np.asarray(value, np.float64).reshape(-1, 2).sum(0)
             means[name] = float(total / count) if count else float("nan")
         return means, (None if first_bad == _NO_STEP else first_bad)
+
+
+# ---------------------------------------------------------------------------- evaluation
+def per_class_correct(logits, labels, mask):
+    """Correct counts per class for each expert and the ensemble (mean of logits).
+
+    logits [K, b, C], labels int [b], mask bool [b] (False on padding). Returns correct
+    [K + 1, C] (experts, then ensemble) and totals [C], counting only mask=True examples."""
+    num_classes = logits.shape[-1]
+    preds = jnp.concatenate(
+        [jnp.argmax(logits, -1), jnp.argmax(jnp.mean(logits, 0), -1)[None]], axis=0
+    )  # [K+1, b]
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
+    correct = (preds == labels[None]).astype(jnp.float32)
+    return correct @ onehot, jnp.sum(onehot, axis=0)
+
+
+def accuracy_summary(
+    correct: np.ndarray, totals: np.ndarray, group_masks: dict[str, np.ndarray]
+) -> dict:
+    """correct [K + 1, C] (experts, then ensemble) and totals [C] -> the evaluation JSON body:
+    {num_examples, experts: [{top1, many, medium, few}], ensemble, best_single: {..., expert}}.
+
+    Accuracies are in percent; a group without test images reports null.
+    """
+    correct, totals = np.asarray(correct, np.float64), np.asarray(totals, np.float64)
+
+    def scores(row: np.ndarray) -> dict:
+        out = {"top1": 100.0 * row.sum() / max(totals.sum(), 1.0)}
+        for group in GROUPS:
+            mask = group_masks[group]
+            n = totals[mask].sum()
+            out[group] = 100.0 * row[mask].sum() / n if n > 0 else None
+        return out
+
+    experts = [scores(row) for row in correct[:-1]]
+    best = int(np.argmax([e["top1"] for e in experts]))
+    return {
+        "num_examples": int(totals.sum()),
+        "experts": experts,
+        "ensemble": scores(correct[-1]),
+        "best_single": {**experts[best], "expert": best},
+    }
+
+
+def eval_scalars(result: dict) -> dict[str, float]:
+    """The evaluation JSON as flat TensorBoard scalars `eval/<model>/<metric>`."""
+    out = {}
+    named = [(f"expert_{i}", r) for i, r in enumerate(result["experts"])]
+    named += [("ensemble", result["ensemble"]), ("best_single", result["best_single"])]
+    for name, scores in named:
+        for key in ("top1", *GROUPS):
+            if scores[key] is not None:
+                out[f"eval/{name}/{key}"] = scores[key]
+    return out

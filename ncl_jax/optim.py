@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -84,3 +85,10 @@ def make_optimizer(optim_config, schedule: optax.Schedule) -> optax.GradientTran
         optax.trace(decay=o.momentum, nesterov=o.nesterov),
         optax.scale_by_learning_rate(schedule),
     )
+
+
+def applied_learning_rate(opt_state, schedule: optax.Schedule) -> jax.Array:
+    """The rate the optimiser applies at its next update: `schedule` at optax's own step count
+    (ScaleByScheduleState.count), which a restored or hand-built state may hold apart from
+    TrainState.step."""
+    return schedule(optax.tree_utils.tree_get(opt_state, "count"))

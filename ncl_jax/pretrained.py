@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from ncl_jax.errors import ConfigError
 from ncl_jax.models.resnet import GROUPS, STAGE_SIZES, ResNet
@@ -127,22 +128,12 @@ def convert_torchvision_resnet(state_dict: Mapping[str, Any], *, stage_sizes) ->
     return tree
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
+def _flatten(tree: Mapping) -> dict[str, Any]:
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        _set(tree, tuple(key.split("/")), value)
-    return tree
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def save_npz(tree: Mapping, path: str) -> None:
@@ -324,8 +315,11 @@ def main(argv) -> None:
     print(f"wrote {f.out}: {f.arch} encoder, {count:,} values")
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def cli() -> None:
+    """Console script `ncl-convert-pretrained`: the same as `python -m ncl_jax.pretrained`."""
+    from absl import flags
+
+    from ncl_jax.cli import run_app
 
     flags.DEFINE_string(
         "torch_checkpoint", None, "torchvision state dict (.pth), or a .npz of torch-named arrays."
@@ -333,4 +327,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output .npz for model.pretrained_path.")
     flags.DEFINE_enum("arch", "resnet152", list(STAGE_SIZES), "torchvision architecture.")
     flags.mark_flags_as_required(["torch_checkpoint", "out"])
-    app.run(main)
+    run_app(main)
+
+
+if __name__ == "__main__":
+    cli()

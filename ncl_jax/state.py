@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from ncl_jax.moco import init_key_encoders, init_queues
 from ncl_jax.models import Expert, init_stacked
-from ncl_jax.models.experts import jit_run_once, num_experts_of
+from ncl_jax.models.experts import num_experts_of
 
 
 class TrainState(struct.PyTreeNode):
@@ -44,14 +45,9 @@ def train_state_initializer(
     queue_size: int = 0,
     key_init: str = "copy",
 ):
-    """fn(rng) -> TrainState: K independent experts (with MoCo: key encoders and queues).
-
-    key_init "copy": key encoders start as copies of the query experts (MoCo, paper);
-    "independent": a separately initialised network (official CIFAR code). Run it with
-    `create_train_state`, or under jax.eval_shape for a restore target.
-    """
-    if key_init not in ("copy", "independent"):
-        raise ValueError(f"moco.key_init={key_init!r}; use 'copy' or 'independent'.")
+    """fn(rng) -> TrainState: K independent experts (with MoCo: key encoders and queues,
+    `ncl_jax.moco`). Run it under jit (`models.experts.jit_run_once`) for the initial state,
+    or under jax.eval_shape for a restore target."""
     if num_experts < 1:
         raise ValueError(f"model.num_experts={num_experts}: NCL needs at least one expert.")
     sample = jnp.zeros((1, *image_shape), jnp.float32)
@@ -62,17 +58,17 @@ def train_state_initializer(
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         ema_params = ema_batch_stats = queue = queue_ptr = None
         if moco:
-            key_vars = (
-                variables
-                if key_init == "copy"
-                else init_stacked(expert, num_experts, key_rng, sample)
+            ema_params, ema_batch_stats = init_key_encoders(
+                variables,
+                expert=expert,
+                num_experts=num_experts,
+                rng=key_rng,
+                sample=sample,
+                key_init=key_init,
             )
-            # Copies are separate output buffers, so donating `params` later is safe.
-            ema_params = jax.tree.map(jnp.copy, key_vars["params"])
-            ema_batch_stats = jax.tree.map(jnp.copy, key_vars.get("batch_stats", {}))
-            queue = jax.random.normal(queue_rng, (num_experts, queue_size, expert.projector_dim))
-            queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
-            queue_ptr = jnp.zeros((), jnp.int32)
+            queue, queue_ptr = init_queues(
+                queue_rng, num_experts=num_experts, size=queue_size, dim=expert.projector_dim
+            )
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -86,21 +82,3 @@ def train_state_initializer(
         )
 
     return init
-
-
-def create_train_state(expert: Expert, *, rng: jax.Array, **kwargs) -> TrainState:
-    """The initial state; kwargs as for `train_state_initializer`."""
-    return jit_run_once(train_state_initializer(expert, **kwargs), rng)
-
-
-def ema_update(
-    ema_params, params, *, momentum: float, repeats: int = 1, include_projector: bool = True
-):
-    """ema <- m^r * ema + (1 - m^r) * params: r applications of a momentum-m update with the
-    same params (the official code applies it K times per step). A frozen projector keeps its
-    key-side values (official: the key MLP is never updated)."""
-    m = momentum**repeats
-    new = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, ema_params, params)
-    if not include_projector and "projector" in new:
-        new = {**new, "projector": ema_params["projector"]}
-    return new

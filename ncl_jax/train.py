@@ -1,10 +1,13 @@
 """The training loop: `train_and_evaluate(config, workdir) -> final metrics`.
 
-Resumes automatically from the newest checkpoint in the workdir (same epoch, step, data
-position and RNG, so a killed run ends with exactly the parameters of an uninterrupted one),
-evaluates every `eval_every_epochs`, keeps best-by-ensemble and best-by-single checkpoints
-(selected on the evaluation split, as the official code does), stops cleanly on SIGTERM with a
-checkpoint, and stops on a non-finite loss without saving the bad state.
+Resumes automatically from the newest readable, finite checkpoint in the workdir (same epoch,
+step, data position and RNG, so a killed run ends with exactly the parameters of an
+uninterrupted one), or from an explicit `resume_step`; checkpoints newer than the resume point
+are moved aside, never deleted. Evaluates every `eval_every_epochs`, keeps best-by-ensemble and
+best-by-single checkpoints (selected on the evaluation split, as the official code does), stops
+cleanly on SIGTERM with a checkpoint, and stops as soon as a step's loss or new state holds a
+NaN/Inf (or a value of 2^64 or more, which only a diverged update produces), without saving
+that state.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import jax
 import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
+from flax import traverse_util
 
 from ncl_jax import builders, data
 from ncl_jax.checkpointing import RunCheckpoints
 from ncl_jax.config_utils import validate_config
-from ncl_jax.errors import TrainingDiverged
+from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.evaluate import run_evaluation
-from ncl_jax.metrics import MetricSums
+from ncl_jax.metrics import MetricSums, eval_scalars
 from ncl_jax.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
 
 
@@ -51,19 +55,14 @@ def resolve_steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
     return min(full, config.steps_per_epoch) if config.steps_per_epoch > 0 else full
 
 
-def _eval_scalars(result: dict) -> dict[str, float]:
-    out = {}
-    named = [(f"expert_{i}", r) for i, r in enumerate(result["experts"])]
-    named += [("ensemble", result["ensemble"]), ("best_single", result["best_single"])]
-    for name, scores in named:
-        for key in ("top1", "many", "medium", "few"):
-            if scores[key] is not None:
-                out[f"eval/{name}/{key}"] = scores[key]
-    return out
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, resume_step: int | None = None
+) -> dict:
+    """Trains NCL as configured into `workdir` and returns the final metrics.
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains NCL as configured into `workdir` and returns the final metrics."""
+    resume_step: continue from that checkpoint step (any kind) instead of the newest one.
+    Raises ConfigError/DataError/CheckpointError for bad input before any compute, and
+    TrainingDiverged when a step produces a non-finite loss or state (metrics.all_finite)."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
     checkpoints.check_or_write_config(config)
@@ -75,15 +74,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     meta: dict = {}
-    latest = checkpoints.latest_step()
-    if latest is None:
+    restored = _restore_for_resume(
+        checkpoints, builders.abstract_state(config, step_cfg), resume_step
+    )
+    if restored is None:
         state = builders.create_state(config, step_cfg)
     else:
-        state, meta = checkpoints.restore(
-            "checkpoints", latest, builders.abstract_state(config, step_cfg)
-        )
+        state, meta = restored
         logging.info(
-            "Resuming from %s/checkpoints/%d (epoch %s).", workdir, latest, meta.get("epoch")
+            "Resuming from %s at step %d (%s epochs completed).",
+            workdir,
+            int(state.step),
+            meta.get("epoch"),
         )
     step = int(state.step)
     replicated = replicate(state)
@@ -93,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if step == 0:
-        writer.write_hparams(dict(_flat_config(config)))
+        writer.write_hparams(_hparams(config))
     progress = periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps
     )
@@ -114,10 +116,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         means, first_bad = sums.result()
         if first_bad is not None:
             raise TrainingDiverged(
-                f"the loss became non-finite at step {first_bad} (epoch "
-                f"{first_bad // steps_per_epoch + 1}); stopped without saving. The last good "
-                f"checkpoint is step {checkpoints.latest_step()} in {workdir}/checkpoints; "
-                "lower optim.learning_rate or check the data."
+                f"step {first_bad} (epoch {first_bad // steps_per_epoch + 1}) produced a "
+                "non-finite loss or state; stopped without saving it. "
+                f"{checkpoints.newest_finite_hint()} Lower optim.learning_rate or check the data."
             )
         if means and window_steps:
             elapsed = time.perf_counter() - window_start
@@ -158,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             epochs_done = epoch + 1
             if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
                 last_eval = run_evaluation(p_eval, replicated, _eval_batches(config), group_masks)
-                writer.write_scalars(step, _eval_scalars(last_eval))
+                writer.write_scalars(step, eval_scalars(last_eval))
                 if last_eval["ensemble"]["top1"] > best["ensemble"]:
                     best["ensemble"] = last_eval["ensemble"]["top1"]
                     save("best_ensemble", epochs_done)
@@ -185,19 +186,50 @@ def _preempted(sigterm: _SigtermFlag, checkpoints: RunCheckpoints, step: int) ->
 def _eval_batches(config):
     return data.eval_iterator(
         config.dataset,
-        global_batch_size=config.eval_batch_size,
+        global_batch_size=data.eval_batch_for(config.eval_batch_size, jax.device_count()),
         num_local_devices=jax.local_device_count(),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
 
 
-def _flat_config(config, prefix: str = ""):
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from _flat_config(value, f"{prefix}{key}.")
-        else:
-            yield (
-                f"{prefix}{key}",
-                value if isinstance(value, int | float | str | bool) else str(value),
+def _restore_for_resume(checkpoints: RunCheckpoints, target, resume_step: int | None):
+    """(state, meta) to continue from, or None for a fresh run.
+
+    Without resume_step: the newest periodic checkpoint that is readable and finite; each one
+    skipped is named in a warning. Checkpoints newer than the one chosen (of any kind) are
+    moved to WORKDIR/set_aside, so the resumed run can write those steps again."""
+    if resume_step is not None:
+        kind, chosen = checkpoints.find(resume_step)
+        restored = checkpoints.restore(kind, chosen, target)
+    else:
+        candidates = checkpoints.steps()
+        if not candidates:
+            return None
+        restored = None
+        for chosen in reversed(candidates):
+            try:
+                restored = checkpoints.restore("checkpoints", chosen, target)
+                break
+            except CheckpointError as err:
+                logging.warning("Skipping checkpoint %d: %s", chosen, err)
+        if restored is None:
+            raise CheckpointError(
+                f"none of the checkpoints {candidates} in {checkpoints.workdir}/checkpoints can "
+                "be resumed (see the warnings above); they were left untouched: move them "
+                "away or use a new --workdir."
             )
+    newer = {
+        kind: [s for s in checkpoints.steps(kind) if s > chosen]
+        for kind in ("checkpoints", "best_ensemble", "best_single")
+    }
+    if any(newer.values()):
+        moved = checkpoints.set_aside({k: v for k, v in newer.items() if v})
+        logging.warning("Resuming from step %d: moved newer checkpoints to %s.", chosen, moved)
+    return restored
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict:
+    """The config as flat TensorBoard hparams (non-scalars as strings)."""
+    flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in flat.items()}

@@ -19,10 +19,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ncl_jax import losses
-from ncl_jax.metrics import NONFINITE_KEY, nonfinite_marker
+from ncl_jax import losses, metrics, moco
+from ncl_jax.metrics import NONFINITE_KEY, all_finite, nonfinite_marker, pair, train_metrics
 from ncl_jax.models import Expert, apply_stacked
-from ncl_jax.state import TrainState, ema_update
+from ncl_jax.optim import applied_learning_rate
+from ncl_jax.state import TrainState
 
 AXIS = "batch"
 
@@ -51,11 +52,6 @@ class StepConfig:
     sync_batch_stats: bool = True
 
 
-def _pair(total, count) -> jax.Array:
-    """A metric as (sum, count): exact under padding and across devices and hosts."""
-    return jnp.stack([jnp.asarray(total, jnp.float32), jnp.asarray(count, jnp.float32)])
-
-
 def _choose_anchor(rng, num_experts: int, random_anchor: bool):
     if not random_anchor or num_experts == 1:
         return jnp.zeros((), jnp.int32)
@@ -63,28 +59,10 @@ def _choose_anchor(rng, num_experts: int, random_anchor: bool):
     return jax.random.randint(jax.random.fold_in(rng, 1), (), 0, num_experts)
 
 
-def _ema(cfg: StepConfig, ema_params, params):
-    return ema_update(
-        ema_params,
-        params,
-        momentum=cfg.ema_momentum,
-        repeats=cfg.ema_repeats,
-        include_projector=cfg.ema_projector,
-    )
-
-
-def _enqueue(queue, ptr, keys):
-    """Writes the globally gathered, normalised keys [K, G, D] at ptr (ring buffer)."""
-    size = queue.shape[1]
-    queue = jax.lax.dynamic_update_slice_in_dim(queue, keys.astype(queue.dtype), ptr, axis=1)
-    return queue, (ptr + keys.shape[1]) % size
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig):
     """One NCL update on this device's shard. batch: image [b,H,W,3], label [b], and
     key_image [b,H,W,3] when MoCo is on. Returns (new_state, metrics as (sum, count))."""
     labels = batch["label"]
-    local_batch = labels.shape[0]
     num_experts = state.num_experts
     rng = jax.random.fold_in(state.rng, state.step)
     anchor = _choose_anchor(rng, num_experts, cfg.random_anchor)
@@ -92,12 +70,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
 
     ema_params, ema_stats, keys = state.ema_params, state.ema_batch_stats, None
     if cfg.moco:
-        if cfg.ema_before_keys:
-            ema_params = _ema(cfg, ema_params, state.params)
-        key_out, ema_stats = apply_stacked(
-            cfg.expert, ema_params, ema_stats, batch["key_image"], train=True, strategy=cfg.strategy
-        )
-        keys = jax.lax.stop_gradient(key_out["projections"])
+        ema_params, ema_stats, keys = moco.compute_keys(state, batch["key_image"], cfg=cfg)
 
     def loss_fn(params):
         out, new_stats = apply_stacked(
@@ -132,14 +105,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
 
     queue, queue_ptr = state.queue, state.queue_ptr
     if cfg.moco:
-        if not cfg.ema_before_keys:  # official order: EMA after the keys, with pre-step params
-            ema_params = _ema(cfg, ema_params, state.params)
-        if not cfg.sync_batch_stats:
-            ema_stats = jax.lax.pmean(ema_stats, AXIS)
-        gathered = jax.lax.all_gather(
-            losses.l2_normalize(keys.astype(jnp.float32)), AXIS, axis=1, tiled=True
+        ema_params, ema_stats, queue, queue_ptr = moco.finish_step(
+            state, ema_params, ema_stats, keys, cfg=cfg, axis_name=AXIS
         )
-        queue, queue_ptr = _enqueue(queue, queue_ptr, gathered)
 
     new_state = state.replace(
         step=state.step + 1,
@@ -151,22 +119,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
         queue=queue,
         queue_ptr=queue_ptr,
     )
-    metrics = _train_metrics(loss, aux, logits, labels, local_batch)
-    metrics["learning_rate"] = _pair(cfg.lr_schedule(state.step), 1)
-    metrics[NONFINITE_KEY] = nonfinite_marker(loss, state.step)
-    return new_state, metrics
-
-
-def _train_metrics(loss, aux, logits, labels, local_batch):
-    metrics = {"loss": _pair(loss * local_batch, local_batch)}
-    for name, value in aux.items():
-        metrics[name] = _pair(value * local_batch, local_batch)
-    correct = jnp.argmax(logits, axis=-1) == labels[None]  # [K, b]
-    for k in range(logits.shape[0]):
-        metrics[f"accuracy/expert_{k}"] = _pair(jnp.sum(correct[k]), local_batch)
-    ensemble = jnp.argmax(jnp.mean(logits, axis=0), axis=-1) == labels
-    metrics["accuracy/ensemble"] = _pair(jnp.sum(ensemble), local_batch)
-    return metrics
+    step_metrics = train_metrics(loss, aux, logits, labels)
+    step_metrics["learning_rate"] = pair(applied_learning_rate(state.opt_state, cfg.lr_schedule), 1)
+    # A finite loss can still produce a broken update: check everything the step wrote.
+    finite = jnp.isfinite(loss) & all_finite(new_state)
+    step_metrics[NONFINITE_KEY] = nonfinite_marker(finite, state.step)
+    return new_state, step_metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig):
@@ -182,35 +140,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig
     return out["logits"]
 
 
-def per_class_correct(logits, labels, mask):
-    """Correct counts per class for each expert and the ensemble (mean of logits).
-
-    Returns correct [K + 1, C] and totals [C], counting only mask=True examples."""
-    num_classes = logits.shape[-1]
-    preds = jnp.concatenate(
-        [jnp.argmax(logits, -1), jnp.argmax(jnp.mean(logits, 0), -1)[None]], axis=0
-    )  # [K+1, b]
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
-    correct = (preds == labels[None]).astype(jnp.float32)
-    return correct @ onehot, jnp.sum(onehot, axis=0)
-
-
 def eval_counts_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig):
     """Evaluation reduced on device: per-class correct counts, psum'ed over devices."""
     logits = eval_step(state, batch, cfg=cfg)
-    correct, totals = per_class_correct(logits, batch["label"], batch["mask"])
+    correct, totals = metrics.per_class_correct(logits, batch["label"], batch["mask"])
     return jax.lax.psum(correct, AXIS), jax.lax.psum(totals, AXIS)
-
-
-def check_batch(batch: dict[str, Any], num_devices: int) -> None:
-    """Fails before compiling when a batch is not laid out [devices, per_device, ...]."""
-    for name, value in batch.items():
-        if value.shape[0] != num_devices:
-            raise ValueError(
-                f"batch[{name!r}] has leading axis {value.shape[0]} but {num_devices} local "
-                f"devices: reshape the batch to [devices, batch // devices, ...] and use a global "
-                "batch size divisible by the device count."
-            )
 
 
 def replicate(tree: Any, devices=None) -> Any:
@@ -243,10 +177,6 @@ def pmap_train_step(cfg: StepConfig, *, donate: bool = True, devices=None):
         donate_argnums=(0,) if donate else (),
         devices=devices,
     )
-
-
-def pmap_eval_step(cfg: StepConfig, *, devices=None):
-    return jax.pmap(functools.partial(eval_step, cfg=cfg), axis_name=AXIS, devices=devices)
 
 
 def pmap_eval_counts_step(cfg: StepConfig, *, devices=None):

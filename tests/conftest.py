@@ -1,7 +1,9 @@
 """Test setup: 8 fake CPU devices (set before JAX is imported), offline TFDS data, no TF GPU."""
 
+import ipaddress
 import os
 import pathlib
+import socket
 
 import pytest
 
@@ -22,3 +24,22 @@ def identity_view(monkeypatch):
     from tests.data_helpers import identity_views
 
     monkeypatch.setattr(pipeline, "_make_view", identity_views)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Tests never reach the network: a connect to anything but loopback raises at once
+    (tests that exercise download paths replace the network with fakes)."""
+    real_connect = socket.socket.connect
+
+    def loopback_only(sock, address):
+        host = address[0] if isinstance(address, tuple) else None
+        try:
+            allowed = host is None or host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            allowed = False
+        if not allowed:
+            raise ConnectionRefusedError(f"tests must not reach the network (connect {address})")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)

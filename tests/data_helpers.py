@@ -11,7 +11,7 @@ from PIL import Image
 
 from configs.base import get_base_config
 
-# Published CIFAR-LT profiles (spec section 4.1, NCL README).
+# Published CIFAR-LT profiles (LDAM-DRW and the official NCL README).
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CIFAR10_IF50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]
 

@@ -65,6 +65,7 @@ def _last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_step_benchmark_runs_without_tensorflow_and_ends_with_the_json_line():
     result = _run([*TINY, "--mode=step", "--experts=2,1", "--moco=both"], block_tf=True)
     summary = _last_json(result.stdout)
@@ -83,6 +84,7 @@ def test_step_benchmark_runs_without_tensorflow_and_ends_with_the_json_line():
     assert "TF_LOADED False" in result.stderr
 
 
+@pytest.mark.slow
 def test_bfloat16_strategy_override_and_two_devices_run_end_to_end():
     two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     summary = _last_json(
@@ -102,6 +104,7 @@ def test_bfloat16_strategy_override_and_two_devices_run_end_to_end():
     assert [r["strategy"] for r in summary["rows"]] == ["vmap", "loop"]
 
 
+@pytest.mark.slow
 def test_all_mode_reports_a_pipeline_it_cannot_run_and_still_times_the_step(tmp_path):
     # Also: with XLA_FLAGS empty, the host is split as cpu_devices=-1 (auto) says.
     summary = _last_json(

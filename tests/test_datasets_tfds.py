@@ -295,7 +295,8 @@ def test_inaturalist_counts_from_label_pass_are_cached(tmp_path, identity_view):
 
 
 def test_missing_tfds_dataset_says_where_and_how(tmp_path):
-    cfg = dataset_config(name="cifar100", data_dir=str(tmp_path))
+    # download off: the default ("auto") would fetch cifar100 (tests/test_tfds_download.py)
+    cfg = dataset_config(name="cifar100", data_dir=str(tmp_path), download="False")
     with pytest.raises(DataError) as err:
         data.get_dataset_info(cfg)
     message = str(err.value)

@@ -70,6 +70,7 @@ def test_group_masks_official_and_paper_thresholds():
         info.group_masks("median")
 
 
+@pytest.mark.slow
 def test_long_tail_and_info_import_without_tensorflow():
     code = (
         "import sys; from ncl_jax.data import DatasetInfo, long_tailed_counts; "

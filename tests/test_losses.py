@@ -1,7 +1,7 @@
 """NCL losses against an independent float64 numpy re-derivation of the equations.
 
 The reference below is written from the paper (Eqs. 2-12) and from the description of the
-official code (spec section 3), sample by sample with explicit loops, sharing no code with
+official code (docs/design.md), sample by sample with explicit loops, sharing no code with
 ncl_jax.losses. Gradients are checked against central finite differences of the reference.
 """
 

@@ -2,7 +2,6 @@
 
 import functools
 import os
-import subprocess
 import sys
 
 import jax
@@ -255,22 +254,3 @@ def test_pth_without_torch_says_how_to_fix(tmp_path, monkeypatch):
         pretrained.convert_file(
             str(src), str(tmp_path / "y.npz"), model=ResNet(stage_sizes=TINY, width=WIDTH)
         )
-
-
-def test_cli_bad_input_is_one_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ncl_jax.pretrained",
-            f"--torch_checkpoint={tmp_path}/no.pth",
-            f"--out={tmp_path}/y.npz",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "no.pth" in lines[0]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ncl_jax import builders, optim
+from ncl_jax.moco import ema_update
 from ncl_jax.models import apply_stacked
-from ncl_jax.state import ema_update
-from ncl_jax.train_step import check_batch, pmap_train_step, replicate
+from ncl_jax.train_step import pmap_train_step, replicate
 from tests.tiny import class_counts, global_batch, shard, tiny_config
 
 STEPS_PER_EPOCH = 4
@@ -136,12 +136,6 @@ def test_without_moco_and_single_expert():
     assert state.queue is None and state.ema_params is None
     assert np.asarray(metrics["nbod_all"]).sum(0)[0] == 0.0
     assert np.all(np.isfinite(np.asarray(metrics["loss"])))
-
-
-def test_batch_not_split_over_devices_fails_before_compiling():
-    batch = global_batch(16)
-    with pytest.raises(ValueError, match="leading axis 16 but 8 local devices"):
-        check_batch(batch, 8)
 
 
 @pytest.mark.parametrize(

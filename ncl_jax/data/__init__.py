@@ -1,13 +1,15 @@
 """Input data for NCL: long-tailed datasets, class counts and tf.data pipelines.
 
-`long_tailed_indices`, `long_tailed_counts` and `DatasetInfo` need only numpy; the rest
-imports TensorFlow on first use (and hides the GPUs from it, which belong to JAX).
+`long_tailed_indices`, `long_tailed_counts`, `DatasetInfo` and `eval_batch_for` need only
+numpy; the rest imports TensorFlow on first use (and hides the GPUs from it, which belong to
+JAX).
 """
 
 import importlib
 from typing import Any
 
 from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
+from ncl_jax.data.sharding import eval_batch_for
 
 _LAZY = {
     "get_dataset_info": "ncl_jax.data.datasets",
@@ -17,7 +19,13 @@ _LAZY = {
     "benchmark_pipeline": "ncl_jax.data.pipeline",
 }
 
-__all__ = ["DatasetInfo", "long_tailed_counts", "long_tailed_indices", *_LAZY]
+__all__ = [
+    "DatasetInfo",
+    "eval_batch_for",
+    "long_tailed_counts",
+    "long_tailed_indices",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -65,6 +65,7 @@ def resolve(cfg: Any) -> ResolvedDataset:
         return _RESOLVED[key]
     if cfg.num_classes < 1:
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} must be >= 1.")
+    sources.download_mode(cfg.download)  # a bad value fails whatever the source
     readers = {
         "tfds": _resolve_tfds,
         "split_list": _resolve_split_list,

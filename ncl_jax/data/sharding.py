@@ -59,3 +59,10 @@ def make_shard(global_batch_size: int, num_devices: int, process: int, processes
             f"{processes * num_devices}."
         )
     return Shard(global_batch_size, num_devices, process, processes)
+
+
+def eval_batch_for(eval_batch_size: int, num_devices: int) -> int:
+    """The global evaluation batch: eval_batch_size rounded up to a multiple of the global
+    device count. Evaluation pads and masks its last batch anyway, so any device count works
+    and gives the same accuracies."""
+    return -(-eval_batch_size // num_devices) * num_devices

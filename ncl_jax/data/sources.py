@@ -17,10 +17,14 @@ import functools
 import json
 import os
 import re
+import socket
+import urllib.error
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -52,6 +56,21 @@ NOT_DOWNLOADABLE = {
     "cifar10_jpeg": "it is a local build that TFDS cannot download",
     "imagenet2012": "TFDS needs the ImageNet tar files placed in its manual_dir first",
 }
+# Public and small (~170 MB each): fetched on first use under the default dataset.download="auto".
+# The others are large (Places365 ~31 GB, iNaturalist 2018 ~120 GB) or manual, so they wait for
+# an explicit download=True.
+AUTO_DOWNLOAD = ("cifar10", "cifar100")
+DOWNLOAD_VALUES = ("auto", "true", "false")
+# What a failed fetch raises when the network or the source host is unreachable.
+NETWORK_ERRORS = (
+    requests.RequestException,
+    urllib.error.URLError,
+    socket.gaierror,
+    ConnectionError,
+    TimeoutError,
+    tfds.download.DownloadError,
+)
+REACHABLE_TIMEOUT_S = 15.0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -114,8 +133,76 @@ def tfds_data_dir(cfg: Any) -> str | None:
     return cfg.data_dir or os.environ.get("TFDS_DATA_DIR") or None
 
 
+def download_mode(value: Any) -> str:
+    """Normalises dataset.download: "auto", "true" or "false" (CLI strings or Python bools)."""
+    mode = str(value).strip().lower()
+    if mode not in DOWNLOAD_VALUES:
+        raise ConfigError(
+            f"dataset.download={value!r} is not valid; use auto (download only "
+            f"{', '.join(AUTO_DOWNLOAD)}), True or False."
+        )
+    return mode
+
+
+def should_download(name: str, download: Any) -> bool:
+    """Whether a missing TFDS dataset `name` is downloaded under dataset.download=`download`."""
+    mode = download_mode(download)
+    return name in AUTO_DOWNLOAD if mode == "auto" else mode == "true"
+
+
+def _download_size(builder: Any) -> str:
+    """The total size of the builder's registered source files ("31.4 GB; "), or ""."""
+    try:
+        total = sum(int(info.size) for info in (builder.url_infos or {}).values())
+    except Exception:  # noqa: BLE001 - only a hint in a message
+        return ""
+    return f"{total / 1e9:.1f} GB; " if total else ""
+
+
+def _network_error(e: BaseException) -> BaseException | None:
+    """The network failure behind `e` (itself or a cause), if any."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, NETWORK_ERRORS):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _first_line(e: BaseException, limit: int = 0) -> str:
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line[: limit - 3] + "..." if limit and len(line) > limit else line
+
+
+def _offline_error(name: str, searched: str, reason: str) -> DataError:
+    return DataError(
+        f"downloading TFDS {name!r} into {searched} failed ({reason}); without network "
+        f"access, copy a prepared {name}/ folder (e.g. from ~/tensorflow_datasets on a machine "
+        "that has one) and set TFDS_DATA_DIR or --config.dataset.data_dir to the folder holding "
+        "it."
+    )
+
+
+def check_reachable(builder: Any, name: str, searched: str) -> None:
+    """Fails in seconds when the source host is unreachable, not after TFDS's ~3 min of retries.
+
+    One HEAD request to the first registered URL, through `requests` like TFDS (so proxies from
+    the environment apply); HTTP status codes are left for TFDS to judge. Manual datasets
+    (imagenet2012) read local files, so they are not checked.
+    """
+    urls = [url for url in (builder.url_infos or {}) if url.startswith("http")]
+    if not urls or getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        return
+    try:
+        requests.head(urls[0], timeout=REACHABLE_TIMEOUT_S, allow_redirects=True).close()
+    except requests.RequestException as e:
+        host = urllib.parse.urlparse(urls[0]).netloc
+        raise _offline_error(name, searched, f"{host} is unreachable: {type(e).__name__}") from None
+
+
 def open_builder(cfg: Any) -> Any:
-    """Opens a prepared TFDS builder, preparing it only when `download=True`."""
+    """Opens a prepared TFDS builder, preparing it first when `should_download` says so."""
     name = cfg.name
     if name not in IN_MEMORY_BUILDERS and name not in STREAMED_BUILDERS:
         known = ", ".join((*IN_MEMORY_BUILDERS, *STREAMED_BUILDERS))
@@ -129,6 +216,7 @@ def open_builder(cfg: Any) -> Any:
         f"TFDS dataset {name!r} is not prepared under {searched}; set TFDS_DATA_DIR or "
         f"--config.dataset.data_dir to the directory that holds {name}/"
     )
+    download = should_download(name, cfg.download)
     if name in NOT_DOWNLOADABLE:
         how = f" ({name} cannot be downloaded with download=True: {NOT_DOWNLOADABLE[name]})."
     else:
@@ -138,14 +226,28 @@ def open_builder(cfg: Any) -> Any:
     except tfds.core.DatasetNotFoundError:
         raise DataError(where + how) from None
     if not builder.is_prepared():
-        if not cfg.download:
+        if not download:
+            if name not in NOT_DOWNLOADABLE and name not in AUTO_DOWNLOAD:
+                how = (
+                    ", or pass --config.dataset.download=True to download it "
+                    f"({_download_size(builder)}large datasets are not downloaded automatically)."
+                )
             raise DataError(where + how)
         try:
+            check_reachable(builder, name, searched)
             builder.download_and_prepare()
+        except DataError:
+            raise
         except Exception as e:  # noqa: BLE001 - any TFDS failure becomes one clear line
-            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            network = _network_error(e)
+            if network is not None:
+                raise _offline_error(name, searched, _first_line(network, 200)) from e
+            reason = _first_line(e)
+            manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+            if manual and reason.endswith("instructions:"):  # TFDS puts them on later lines
+                reason += " " + " ".join(manual.split())
             raise DataError(
-                f"TFDS could not download/prepare {name!r} into {searched}: {first_line}"
+                f"TFDS could not download/prepare {name!r} into {searched}: {reason}"
             ) from e
     return builder
 

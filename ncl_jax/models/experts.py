@@ -5,14 +5,13 @@ created by `nn.vmap` with independent initialisation per expert. How the stacked
 *applied* is a separate choice, because the fastest way differs by platform:
   "vmap"      nn.vmap over the expert axis: one batched (grouped) convolution per layer for
               all K experts; the GPU/TPU default.
-  "loop"      a Python loop over the K slices inside one jit; XLA runs the independent experts
-              side by side. On CPU a batched convolution is ~15x slower than K separate ones.
+  "loop"      a Python loop over the K slices inside one jit: K ordinary convolutions per
+              layer, which XLA:CPU runs far faster than one batched (grouped) convolution.
   "cpu_loop"  "loop", plus every residual block's output made a value XLA:CPU keeps in memory
               (`fusion_barrier`) instead of recomputing the whole chain of earlier blocks
-              inside each layout-changing copy of the backward pass; ~1.5x less CPU time and
-              1.3-1.4x faster K=3 ResNet-32 NCL steps than "loop". The CPU default.
+              inside each layout-changing copy of the backward pass. The CPU default.
 All strategies compute the same function (tests/test_models.py checks values and gradients);
-measurements: README "Performance", `python -m ncl_jax.benchmark`.
+measured speeds: docs/performance.md, `python -m ncl_jax.benchmark`.
 """
 
 from __future__ import annotations

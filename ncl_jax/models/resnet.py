@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ncl_jax.models.init import torch_default_kernel
-from ncl_jax.models.resnet_cifar import batch_norm
+from ncl_jax.models.norm import batch_norm
 
 STAGE_SIZES = {
     "resnet50": (3, 4, 6, 3),
@@ -64,10 +64,6 @@ class ResNet(nn.Module):
     width_per_group: int = 64
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
-
-    @property
-    def feature_dim(self) -> int:
-        return self.width * 8 * 4
 
     @nn.compact
     def __call__(self, x, train: bool):

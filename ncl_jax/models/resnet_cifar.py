@@ -13,19 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ncl_jax.models.init import kaiming_normal_fan_in
-
-
-def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str | None = None):
-    """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5); `axis_name`
-    synchronises batch statistics across devices (SyncBN)."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        axis_name=axis_name if train else None,
-        dtype=dtype,
-        name=name,
-    )
+from ncl_jax.models.norm import batch_norm
 
 
 class BasicBlockA(nn.Module):
@@ -66,10 +54,6 @@ class ResNetCifar(nn.Module):
     width: int = 16
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
-
-    @property
-    def feature_dim(self) -> int:
-        return 4 * self.width
 
     @nn.compact
     def __call__(self, x, train: bool):
