@@ -90,6 +90,17 @@ def _final_state(workdir):
     return step, restored["state"]
 
 
+def _meta(workdir, step):
+    manager = ocp.CheckpointManager(
+        pathlib.Path(workdir, "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_names=("state", "meta"),
+    )
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    manager.close()
+    return dict(meta)
+
+
 def _assert_same_tree(a, b, exact=True):
     leaves_a = jax.tree_util.tree_leaves_with_path(a)
     leaves_b = jax.tree.leaves(b)
@@ -128,6 +139,8 @@ def test_kill_then_sigterm_then_resume_ends_with_identical_parameters(env, unint
     assert stopped.wait(timeout=300) == 0
     steps = RunCheckpoints(workdir, read_only=True).steps()
     assert max(steps) < 12, f"SIGTERM did not stop the run early: {steps}"
+    for step in steps:  # every kind of checkpoint records whole epochs completed (3 steps each)
+        assert _meta(workdir, step)["epoch"] == step // 3, (step, _meta(workdir, step))
 
     resumed = _run(_main_cmd(workdir, *LONGER), env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -228,7 +241,9 @@ def test_workdir_of_a_different_config_is_refused_untouched(env, uninterrupted):
     assert _snapshot(workdir) == before
 
 
-def test_corrupt_checkpoint_fails_clearly_and_is_kept(env, uninterrupted, tmp_path):
+def test_corrupt_checkpoint_is_refused_by_evaluate_and_skipped_by_training(
+    env, uninterrupted, tmp_path
+):
     source, _ = uninterrupted
     workdir = tmp_path / "corrupt"
     shutil.copytree(source, workdir)
@@ -240,11 +255,21 @@ def test_corrupt_checkpoint_fails_clearly_and_is_kept(env, uninterrupted, tmp_pa
     for path in damaged:
         path.write_bytes(b"\0" * 64)
     before = _snapshot(workdir)
-    train = _run(_main_cmd(workdir, *LONGER), env)
-    _assert_one_line_error(train, "checkpoints/12", "cannot be read")
     evaluate = _run([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"], env)
-    _assert_one_line_error(evaluate, "cannot be read")
+    _assert_one_line_error(evaluate, "checkpoints/12", "cannot be read", "--step=N")
     assert _snapshot(workdir) == before
+    # Training falls back to step 9, keeps the damaged checkpoint (moved, byte for byte) and
+    # ends with exactly the parameters of the undamaged run.
+    train = _run(_main_cmd(workdir, *LONGER), env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "Skipping checkpoint 12" in train.stderr
+    kept = [
+        (p.replace("checkpoints/12", "set_aside/checkpoints/12", 1), size, mtime)
+        for p, size, mtime in before
+        if p.startswith("checkpoints/12/")
+    ]
+    assert [e for e in _snapshot(workdir) if e[0].startswith("set_aside/checkpoints/")] == kept
+    _assert_same_tree(_final_state(source)[1], _final_state(workdir)[1], exact=True)
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(env, tmp_path):
@@ -253,5 +278,6 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(env
     result = _run(_main_cmd(tmp_path, *blow_up), env)
     assert result.returncode == 1, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert "non-finite at step" in last and "checkpoint is step 3" in last, last
+    assert "step 3 (epoch 2) produced a non-finite" in last, last
+    assert "newest good checkpoint is step 3" in last, last
     assert RunCheckpoints(tmp_path, read_only=True).steps() == [3]

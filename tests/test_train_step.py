@@ -179,3 +179,19 @@ def test_optimizer_matches_torch_sgd_nesterov_with_coupled_decay():
         updates, opt_state = tx.update(jnp.array(g), opt_state, theta)
         theta = theta + updates
     np.testing.assert_allclose(np.asarray(theta), ref, rtol=1e-6)
+
+
+def test_logged_learning_rate_is_the_one_the_optimizer_applied():
+    """A restored or hand-built state whose optax step count differs from TrainState.step
+    logs the rate optax used (its own count), not the one TrainState.step suggests."""
+    import optax
+
+    config, cfg, state, step = _setup("paper", 1)
+    count = 6 * STEPS_PER_EPOCH  # epoch 7: the full rate; state.step 0 would say warm-up
+    state = state.replace(
+        opt_state=optax.tree_utils.tree_set(state.opt_state, count=jnp.int32(count))
+    )
+    _, metrics = step(replicate(state, jax.local_devices()[:1]), shard(global_batch(16), 1))
+    total, n = np.asarray(metrics["learning_rate"]).sum(0)
+    assert total / n == pytest.approx(float(cfg.lr_schedule(count)))
+    assert float(cfg.lr_schedule(count)) != pytest.approx(float(cfg.lr_schedule(0)))

@@ -7,39 +7,27 @@ global average pooling to a 64-d feature. 463,504 parameters with the defaults.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 from flax import linen as nn
 
 from ncl_jax.models.init import kaiming_normal_fan_in
-from ncl_jax.models.norm import batch_norm
+from ncl_jax.models.layers import BackboneModule, batch_norm, conv
 
 
-class BasicBlockA(nn.Module):
+class BasicBlockA(BackboneModule):
     """conv3x3-BN-ReLU-conv3x3-BN + option-A shortcut, then ReLU."""
 
     planes: int
     stride: int = 1
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = lambda s, name: nn.Conv(
-            self.planes,
-            (3, 3),
-            (s, s),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=kaiming_normal_fan_in,
-            dtype=self.dtype,
-            name=name,
+        conv3x3 = lambda s, name: conv(
+            self.planes, 3, s, kernel_init=kaiming_normal_fan_in, dtype=self.dtype, name=name
         )
-        y = conv(self.stride, "conv1")(x)
-        y = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(y))
-        y = conv(1, "conv2")(y)
-        y = batch_norm(train, self.bn_axis_name, self.dtype, "bn2")(y)
+        bn = lambda name: batch_norm(train, self.bn_axis_name, self.dtype, name)
+        y = nn.relu(bn("bn1")(conv3x3(self.stride, "conv1")(x)))
+        y = bn("bn2")(conv3x3(1, "conv2")(y))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.planes:
             pad = self.planes // 4  # option A: subsample, then zero-pad planes//4 on each side
@@ -47,34 +35,26 @@ class BasicBlockA(nn.Module):
         return nn.relu(y + shortcut)
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(BackboneModule):
     """ResNet-(6n+2) for 32x32 inputs; `blocks_per_stage=5` is ResNet-32."""
 
     blocks_per_stage: int = 5
     width: int = 16
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(
-            self.width,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=kaiming_normal_fan_in,
-            dtype=self.dtype,
-            name="conv1",
-        )(x)
-        x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(x))
+        stem = conv(
+            self.width, 3, kernel_init=kaiming_normal_fan_in, dtype=self.dtype, name="conv1"
+        )
+        x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(stem(x)))
         for stage, mult in enumerate((1, 2, 4)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlockA(
                     self.width * mult,
                     stride,
-                    self.dtype,
-                    self.bn_axis_name,
+                    dtype=self.dtype,
+                    bn_axis_name=self.bn_axis_name,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
         return jnp.mean(x, axis=(1, 2))
