@@ -149,7 +149,9 @@ def _strategy_run(strategy: str, train: bool):
     return variables, out, stats, grads
 
 
-@pytest.mark.parametrize("train", [True, False])
+# Evaluation mode (train=False) compiles the same graphs again without BatchNorm updates:
+# full suite only (slow tier).
+@pytest.mark.parametrize("train", [True, pytest.param(False, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "vmap"])
 def test_strategies_give_same_outputs_stats_and_gradients(strategy, train):
     variables, *reference = _strategy_run("vmap", train)
@@ -171,6 +173,7 @@ def test_auto_strategy_per_platform_and_explicit_override():
     assert resolve_strategy("loop", "gpu") == "loop"
 
 
+@pytest.mark.slow  # compiles a bf16 copy of every graph
 def test_bfloat16_experts_keep_float32_outputs_statistics_and_gradients():
     expert = Expert(**TINY, dtype=jnp.bfloat16)
     variables = init_stacked(expert, 2, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))

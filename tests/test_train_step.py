@@ -45,7 +45,8 @@ def _assert_trees_close(a, b, **tol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=str(path), **tol)
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
+# The official variant compiles a second pair of steps: full suite only (slow tier).
+@pytest.mark.parametrize("variant", ["paper", pytest.param("official", marks=pytest.mark.slow)])
 def test_eight_devices_equal_one_device_on_the_same_global_batch(variant):
     eight, metrics8 = _run(variant, 8)
     one, metrics1 = _run(variant, 1)
@@ -79,7 +80,7 @@ def test_replicas_identical_and_every_expert_changes_differently():
     assert not np.allclose(np.asarray(before[0]), np.asarray(before[1]))
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("variant", ["paper", pytest.param("official", marks=pytest.mark.slow)])
 def test_ema_moves_by_one_minus_momentum_and_queue_holds_gathered_keys(variant):
     config, cfg, state, step = _setup(variant, 8)
     # Make the key encoders differ from the queries so the EMA has something to move.
