@@ -96,4 +96,15 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 
 def run_app(main: Callable[[list[str]], None]) -> None:
     """absl's app.run with `parse_flags`: what every console script and `-m` module calls."""
+    _show_in_help(flags.FLAGS)
     app.run(main, flags_parser=parse_flags)
+
+
+def _show_in_help(flag_values: flags.FlagValues) -> None:
+    """--help/--helpshort list the flags of the main module only, which for a console script
+    (or flags defined inside a function, or by ml_collections) is none of ours: register every
+    non-absl flag as a key flag of the running program."""
+    for module, defined in flag_values.flags_by_module_dict().items():
+        if not module.startswith("absl"):
+            for flag in defined:
+                flag_values.register_key_flag_for_module(sys.argv[0], flag)

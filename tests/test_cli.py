@@ -160,3 +160,14 @@ def test_convert_pretrained_on_a_missing_file_fails_with_one_line(capsys, tmp_pa
         )
     assert "no.pth" in _one_error_line(capsys)
     assert not (tmp_path / "y.npz").exists()
+
+
+def test_help_lists_the_programs_own_flags():
+    """--help of a console script shows --config, --workdir, --step (absl lists only the main
+    module's flags, and these are defined in ncl_jax modules and ml_collections)."""
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=values)
+    flags.DEFINE_integer("step", None, "resume step", flag_values=values)
+    assert "--step" not in values.main_module_help()
+    cli._show_in_help(values)
+    assert "--step" in values.main_module_help() and "--config" in values.main_module_help()
