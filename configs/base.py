@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("paper", "official")
+from ncl_jax.variants import VARIANTS, check_variant
+
+
+def _from_variant(field_type: type) -> ml_collections.FieldReference:
+    """None until ncl_jax.variants.resolve_config fills it from the variant (after every
+    override); typed, so that --config.x=value parses."""
+    return ml_collections.FieldReference(None, field_type=field_type)
 
 
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.variant = "paper"  # preset applied by apply_variant: "paper" (Eqs. 2-12) or "official"
+    c.variant = "paper"  # "paper" (Eqs. 2-12) | "official"; fills every None field (variants)
+    c.preset_variant = ""  # set by config files that preset fields per variant themselves
     c.seed = 42  # root PRNG seed: init, anchor draws, augmentation streams
     c.batch_size = 64  # GLOBAL training batch over all devices and hosts
     c.eval_batch_size = 256  # GLOBAL evaluation batch (padded with a mask at the end)
@@ -62,18 +69,22 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.pretrained_path = ""  # local .npz of converted torchvision weights (Places ResNet-152)
     m.expert_strategy = "auto"  # how experts are applied: auto | vmap | loop | cpu_loop
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    m.bn_unbiased_variance = _from_variant(bool)  # running var from n/(n-1) var (PyTorch)
 
     # ---------------------------------------------------------------- loss
     c.loss = lo = ml_collections.ConfigDict()
-    lo.hard_ratio = 0.3  # beta = C_hard / C (paper); num_hard = round(beta * C) negatives
-    lo.num_hard = -1  # >0 overrides hard_ratio: number of hard NEGATIVE classes
-    lo.distill_weight = 0.6  # lambda on NBOD-all
-    lo.hard_distill_weight = 0.6  # lambda on NBOD-hard
-    lo.hard_probs = "restricted"  # "restricted" softmax over Psi (Eq. 4) | "masked_logits"
-    lo.nil_hard_set = "per_expert"  # NIL-hard set: "per_expert" (Eq. 3) | "anchor" (shared)
-    lo.anchor = "random"  # anchor expert mining the shared hard set: "random" per step | "first"
-    lo.distill_norm = "pairs"  # NBOD normaliser: "pairs" 1/(K(K-1)) | "experts" 1/(K-1)
-    lo.distill_log_eps = 0.0  # student log(p + eps); official 1e-9, paper exact log-softmax
+    lo.hard_ratio = 0.3  # beta = C_hard / C (paper)
+    lo.num_hard = _from_variant(int)  # hard NEGATIVE classes; None: from hard_ratio (variants)
+    lo.distill_weight = 0.6  # lambda on NBOD-all (0 removes it)
+    lo.hard_distill_weight = 0.6  # lambda on NBOD-hard (0 removes it)
+    lo.nil_hard_weight = 1.0  # weight of NIL-hard (NIL = NIL-all + NIL-hard; 0 removes it)
+    lo.balanced = True  # balanced softmax (z + log n) in NIL and NBOD; False: plain CE
+    lo.distill_balanced = True  # NBOD on balanced probabilities; False: NOD (Fig. 6a)
+    lo.hard_probs = _from_variant(str)  # "restricted" softmax over Psi (Eq. 4) | "masked_logits"
+    lo.nil_hard_set = _from_variant(str)  # NIL-hard set: "per_expert" (Eq. 3) | "anchor"
+    lo.anchor = _from_variant(str)  # anchor expert of the shared hard set: "random" | "first"
+    lo.distill_norm = _from_variant(str)  # NBOD normaliser: "pairs" 1/(K(K-1)) | "experts" 1/(K-1)
+    lo.distill_log_eps = _from_variant(float)  # student log(p + eps): paper 0, official 1e-9
     lo.teacher_stop_gradient = False  # stop gradients through the KL target (DML-style)
 
     # ---------------------------------------------------------------- self-supervision
@@ -84,10 +95,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     mc.queue_size = 1024  # N keys per expert queue; must be a multiple of batch_size
     mc.temperature = 0.2  # tau
     mc.momentum = 0.999  # EMA momentum m of the key encoder
-    mc.ema_repeats = 1  # EMA applications per step (official: K, i.e. m**K per step)
-    mc.key_init = "copy"  # key encoder init: "copy" of the query encoder | "independent"
-    mc.ema_projector = True  # EMA the key projection MLP too (official: frozen random MLP)
-    mc.ema_before_keys = True  # update EMA before computing keys (MoCo) | after (official)
+    mc.ema_repeats = _from_variant(int)  # EMA applications per step: paper 1, official K
+    mc.key_init = _from_variant(str)  # key encoder init: "copy" of the query | "independent"
+    mc.ema_projector = _from_variant(bool)  # EMA the key MLP too (official: frozen random MLP)
+    mc.ema_before_keys = _from_variant(bool)  # EMA before the keys (MoCo) | after (official)
 
     # ---------------------------------------------------------------- optimisation
     c.optim = o = ml_collections.ConfigDict()
@@ -107,7 +118,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- evaluation / logging
     c.eval_every_epochs = 1  # evaluate on dataset.eval_split every N epochs
-    c.group_rule = "official"  # many/medium/few: official (>=100 / <=20) | paper (>100 / <20)
+    c.group_rule = _from_variant(str)  # many/few: "official" (>=100 / <=20) | "paper" (>100 / <20)
     c.log_every_steps = 50  # training metrics / progress interval
     c.checkpoint_every_epochs = 10  # periodic checkpoint interval (also at the end, on SIGTERM)
     c.keep_checkpoints = 2  # newest periodic checkpoints kept (the final one is the newest);
@@ -115,36 +126,28 @@ def get_base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Sets every field that differs between the paper and the official code (docs/design.md)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is unknown; use one of {VARIANTS}.")
+def apply_variant(
+    config: ml_collections.ConfigDict, variant: str, *, file_presets: bool = False
+) -> ml_collections.ConfigDict:
+    """Chooses the variant. The fields it presets stay None here and are filled by
+    `ncl_jax.variants.resolve_config` after all overrides. file_presets=True records that the
+    calling config file also set fields from `variant` itself, so that a later change of
+    `variant` is refused instead of half applied."""
+    check_variant(variant)
     config.variant = variant
-    paper = variant == "paper"
-    lo = config.loss
-    if not paper and lo.num_hard <= 0:
-        # The official HCM_N counts the ground truth: HCM_N = int(beta * C) -> num_hard = HCM_N - 1.
-        lo.num_hard = max(1, int(lo.hard_ratio * config.dataset.num_classes) - 1)
-    lo.hard_probs = "restricted" if paper else "masked_logits"
-    lo.nil_hard_set = "per_expert" if paper else "anchor"
-    lo.anchor = "random" if paper else "first"
-    lo.distill_norm = "pairs" if paper else "experts"
-    lo.distill_log_eps = 0.0 if paper else 1e-9
-    lo.teacher_stop_gradient = False
-    mc = config.moco
-    mc.ema_repeats = 1 if paper else config.model.num_experts
-    mc.key_init = "copy" if paper else "independent"
-    mc.ema_projector = paper
-    mc.ema_before_keys = paper
-    config.group_rule = "paper" if paper else "official"
+    config.preset_variant = variant if file_presets else ""
     return config
 
 
 def parse_args(arg: str | None) -> dict[str, str]:
-    """Parses a config arg such as "if50,official" into {"if": "50", "variant": "official"}."""
+    """Parses a config arg such as "if50,official,ablation=nil" into {"if": "50", "variant":
+    "official", "ablation": "nil"}; other plain tokens are joined under "flags"."""
     out: dict[str, str] = {}
     for token in filter(None, (arg or "").replace(":", ",").split(",")):
-        if token in VARIANTS:
+        if "=" in token:
+            key, value = token.split("=", 1)
+            out[key] = value
+        elif token in VARIANTS:
             out["variant"] = token
         elif token.startswith("if") and token[2:].replace(".", "", 1).isdigit():
             out["if"] = token[2:]

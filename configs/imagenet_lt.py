@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
     c.optim.learning_rate = 0.2
     c.optim.schedule = "cosine"
     variant = args.get("variant", "paper")
-    apply_variant(c, variant)
+    apply_variant(c, variant, file_presets=True)
     c.num_epochs = 400 if variant == "paper" else 200
     c.moco.enabled = variant == "paper"
     return c

@@ -32,6 +32,6 @@ def get_config(arg: str | None = None):
     c.optim.learning_rate = 0.2
     c.optim.schedule = "cosine"
     variant = args.get("variant", "paper")
-    apply_variant(c, variant)
+    apply_variant(c, variant, file_presets=True)
     c.moco.enabled = variant == "paper"
     return c

@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
     variant = args.get("variant", "paper")
     if variant == "official":
         c.loss.num_hard = 121  # official HCM_N = 122 of 365 (about C/3), label included
-    apply_variant(c, variant)
+    apply_variant(c, variant, file_presets=True)
     c.moco.enabled = True
     c.log_every_steps = 20
     c.checkpoint_every_epochs = 5

@@ -7,15 +7,16 @@ import ml_collections
 import numpy as np
 
 from ncl_jax import losses, optim, pretrained
-from ncl_jax.config_utils import resolve_num_hard
 from ncl_jax.errors import DataError
 from ncl_jax.models import build_expert, resolve_strategy
 from ncl_jax.models.experts import jit_run_once
 from ncl_jax.state import TrainState, train_state_initializer
 from ncl_jax.train_step import AXIS, StepConfig
+from ncl_jax.variants import resolve_config
 
 
 def loss_options(config: ml_collections.ConfigDict) -> losses.LossOptions:
+    """The LossOptions of a resolved config."""
     lo = config.loss
     return losses.LossOptions(
         hard_probs=lo.hard_probs,
@@ -23,6 +24,8 @@ def loss_options(config: ml_collections.ConfigDict) -> losses.LossOptions:
         distill_norm=lo.distill_norm,
         distill_log_eps=lo.distill_log_eps,
         teacher_stop_gradient=lo.teacher_stop_gradient,
+        balanced=lo.balanced,
+        distill_balanced=lo.distill_balanced,
     )
 
 
@@ -33,7 +36,9 @@ def make_step_config(
     steps_per_epoch: int,
     platform: str | None = None,
 ) -> StepConfig:
-    """Everything static the step needs; class counts are checked here, before compiling."""
+    """Everything static the step needs; class counts are checked here, before compiling.
+    Fields left to the variant are resolved here too (ncl_jax.variants)."""
+    config = resolve_config(config)
     counts = np.asarray(class_counts, np.float32)
     if counts.shape != (config.dataset.num_classes,):
         raise DataError(
@@ -55,10 +60,11 @@ def make_step_config(
         tx=optim.make_optimizer(config.optim, schedule),
         lr_schedule=schedule,
         class_counts=counts,
-        num_hard=resolve_num_hard(config),
+        num_hard=int(config.loss.num_hard),
         loss_options=loss_options(config),
         distill_weight=config.loss.distill_weight,
         hard_distill_weight=config.loss.hard_distill_weight,
+        nil_hard_weight=config.loss.nil_hard_weight,
         random_anchor=config.loss.anchor == "random",
         strategy=resolve_strategy(config.model.expert_strategy, platform),
         moco=bool(mc.enabled),
@@ -73,6 +79,7 @@ def make_step_config(
 
 
 def _initializer(config: ml_collections.ConfigDict, step_config: StepConfig):
+    config = resolve_config(config)
     size = config.dataset.image_size
     return train_state_initializer(
         step_config.expert.clone(bn_axis_name=None),

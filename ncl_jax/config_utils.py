@@ -10,6 +10,7 @@ import ml_collections
 
 from ncl_jax.errors import ConfigError
 from ncl_jax.models import BACKBONES, STRATEGIES
+from ncl_jax.variants import resolve_config
 
 _CHOICES = {
     "variant": ("paper", "official"),
@@ -35,16 +36,17 @@ def _get(config, dotted: str):
 
 
 def resolve_num_hard(config: ml_collections.ConfigDict) -> int:
-    """Number of hard NEGATIVE classes: loss.num_hard if set, else round(hard_ratio * C)."""
-    if config.loss.num_hard > 0:
-        return int(config.loss.num_hard)
-    return max(1, round(config.loss.hard_ratio * config.dataset.num_classes))
+    """Number of hard NEGATIVE classes: loss.num_hard if set, else derived from hard_ratio by
+    the variant's rule (ncl_jax.variants.DERIVED)."""
+    return int(resolve_config(config).loss.num_hard)
 
 
 def validate_config(
     config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1
 ) -> None:
-    """Raises ConfigError for the first inconsistent value, before any compute."""
+    """Raises ConfigError for the first inconsistent value, before any compute. Checks the
+    resolved config (ncl_jax.variants.resolve_config), whatever it is given."""
+    config = resolve_config(config)
     for dotted, choices in _CHOICES.items():
         if _get(config, dotted) not in choices:
             value = _get(config, dotted)
@@ -87,6 +89,9 @@ def validate_config(
             raise ConfigError(f"moco.temperature={config.moco.temperature} must be > 0.")
         if config.moco.ema_repeats < 1:
             raise ConfigError(f"moco.ema_repeats={config.moco.ema_repeats} must be >= 1.")
+    for name in ("nil_hard_weight", "distill_weight", "hard_distill_weight"):
+        if config.loss[name] < 0:
+            raise ConfigError(f"loss.{name}={config.loss[name]} must be >= 0 (0 removes the term).")
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate={config.optim.learning_rate} must be > 0.")
     if config.checkpoint_every_epochs < 1 or config.eval_every_epochs < 1:

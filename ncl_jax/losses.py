@@ -13,7 +13,14 @@ The two readings of NCL differ in four places, each a field of `LossOptions`:
   distill_norm   "pairs": 1/(K(K-1)) over ordered pairs (Eqs. 8-9); "experts": 1/(K-1).
   distill_log_eps  0: exact log-softmax; 1e-9: the official log(softmax + 1e-9) on the student.
 A fifth difference, which expert mines the shared hard set (a random one per step, or expert 0),
-is the `anchor` argument of `ncl_supervised_loss`, chosen by the caller.
+is the `anchor` argument of `ncl_supervised_loss`, chosen by the caller. The presets of both
+variants live in one table, `ncl_jax.variants.PRESETS`.
+
+Two more fields switch NCL's components off for the paper's baselines and ablations:
+  balanced          False: plain softmax (z instead of z + log n) in NIL and NBOD, i.e. CE
+                    (the CE column of Tables 4-5); with K=1 and no other term, exactly CE.
+  distill_balanced  False: NBOD distils unbalanced probabilities (NOD, Fig. 6a) while NIL
+                    stays balanced.
 """
 
 from __future__ import annotations
@@ -39,16 +46,15 @@ class LossOptions:
     distill_norm: Literal["pairs", "experts"] = "pairs"
     distill_log_eps: float = 0.0
     teacher_stop_gradient: bool = False
+    balanced: bool = True
+    distill_balanced: bool = True
 
     @classmethod
     def from_variant(cls, variant: str, **overrides) -> LossOptions:
-        if variant == "paper":
-            base = cls()
-        elif variant == "official":
-            base = cls("masked_logits", "anchor", "experts", 1e-9, False)
-        else:
-            raise ValueError(f"variant={variant!r} is unknown; use 'paper' or 'official'.")
-        return dataclasses.replace(base, **overrides)
+        """The variant's loss presets (ncl_jax.variants.PRESETS), then `overrides`."""
+        from ncl_jax.variants import loss_presets
+
+        return cls(**{**loss_presets(variant), **overrides})
 
     def __post_init__(self):
         _check_choice("hard_probs", self.hard_probs, ("restricted", "masked_logits"))
@@ -226,26 +232,31 @@ def ncl_supervised_loss(
     variant: str = "paper",
     anchor=0,
     options: LossOptions | None = None,
+    nil_hard_weight: float = 1.0,
 ):
     """L_nil + lambda * L_dis (Eqs. 5-10, 12 without L_con), paper or official form.
 
     logits float[K, B, C] raw; labels int[B]; class_counts float[C] (> 0); num_hard = number
     of hard NEGATIVE classes (official HCM_N - 1); anchor = expert index (int or traced
     scalar) whose raw logits mine the shared hard set. `options` overrides the variant preset.
+    nil_hard_weight scales NIL-hard (1 in NCL: NIL = NIL-all + NIL-hard; 0 removes it).
     Returns (loss, aux) with aux = nil_all, nil_hard, nbod_all, nbod_hard (before weights).
     """
     validate_loss_inputs(logits, labels, class_counts, num_hard)
     opts = options if options is not None else LossOptions.from_variant(variant)
     k = logits.shape[0]
+    raw = logits.astype(jnp.float32)
     balanced = balanced_logits(logits, class_counts)
+    nil_logits = balanced if opts.balanced else raw
+    distill_logits = balanced if opts.balanced and opts.distill_balanced else raw
     anchor_mask = hard_category_mask(jnp.take(logits, anchor, axis=0), labels, num_hard)
 
     if opts.nil_hard_set == "per_expert":
         nil_masks = jax.vmap(hard_category_mask, in_axes=(0, None, None))(logits, labels, num_hard)
     else:
         nil_masks = jnp.broadcast_to(anchor_mask, (k,) + anchor_mask.shape)
-    nil_hard_logp = hard_log_probs(balanced, nil_masks, opts.hard_probs)
-    anchor_hard_logp = hard_log_probs(balanced, anchor_mask, opts.hard_probs)
+    nil_hard_logp = hard_log_probs(nil_logits, nil_masks, opts.hard_probs)
+    anchor_hard_logp = hard_log_probs(distill_logits, anchor_mask, opts.hard_probs)
 
     kl_kwargs = dict(
         norm=opts.distill_norm,
@@ -253,16 +264,16 @@ def ncl_supervised_loss(
         stop_teacher=opts.teacher_stop_gradient,
     )
     aux = {
-        "nil_all": nil_all(balanced, labels),
+        "nil_all": nil_all(nil_logits, labels),
         "nil_hard": nil_hard(nil_hard_logp, labels),
-        "nbod_all": nbod_all(balanced, **kl_kwargs),
+        "nbod_all": nbod_all(distill_logits, **kl_kwargs),
         "nbod_hard": nbod_hard(
             anchor_hard_logp, anchor_mask, restricted=opts.hard_probs == "restricted", **kl_kwargs
         ),
     }
     loss = (
         aux["nil_all"]
-        + aux["nil_hard"]
+        + nil_hard_weight * aux["nil_hard"]
         + distill_weight * aux["nbod_all"]
         + hard_distill_weight * aux["nbod_hard"]
     )

@@ -23,12 +23,17 @@ from clu import metric_writers, periodic_actions
 from flax import traverse_util
 
 from ncl_jax import builders, data
-from ncl_jax.checkpointing import RunCheckpoints
+from ncl_jax.checkpointing import RunCheckpoints, write_json_atomically
 from ncl_jax.config_utils import validate_config
 from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.evaluate import run_evaluation
 from ncl_jax.metrics import MetricSums, eval_scalars
 from ncl_jax.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
+from ncl_jax.variants import resolve_config
+
+# Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
+# is unfinished).
+RESULT_FILE = "result.json"
 
 
 class _SigtermFlag:
@@ -63,6 +68,7 @@ def train_and_evaluate(
     resume_step: continue from that checkpoint step (any kind) instead of the newest one.
     Raises ConfigError/DataError/CheckpointError for bad input before any compute, and
     TrainingDiverged when a step produces a non-finite loss or state (metrics.all_finite)."""
+    config = resolve_config(config)  # after every override; config.json records the result
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
     checkpoints.check_or_write_config(config)
@@ -101,6 +107,7 @@ def train_and_evaluate(
     )
     best = dict(meta.get("best", {"ensemble": -1.0, "single": -1.0}))
     last_eval: dict = meta.get("last_eval", {})
+    best_evals: dict = meta.get("best_evals", {})  # the whole evaluation at each best epoch
     sums, window_start, window_steps = MetricSums(), time.perf_counter(), 0
 
     def save(kind: str, epoch: int) -> None:
@@ -108,7 +115,13 @@ def train_and_evaluate(
             kind,
             step,
             unreplicate(replicated),
-            {"epoch": epoch, "step": step, "best": best, "last_eval": last_eval},
+            {
+                "epoch": epoch,
+                "step": step,
+                "best": best,
+                "last_eval": last_eval,
+                "best_evals": best_evals,
+            },
         )
 
     def flush_train_metrics() -> None:
@@ -160,11 +173,14 @@ def train_and_evaluate(
             if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
                 last_eval = run_evaluation(p_eval, replicated, _eval_batches(config), group_masks)
                 writer.write_scalars(step, eval_scalars(last_eval))
+                at = {"epoch": epochs_done, "step": step, **last_eval}
                 if last_eval["ensemble"]["top1"] > best["ensemble"]:
                     best["ensemble"] = last_eval["ensemble"]["top1"]
+                    best_evals["ensemble"] = at
                     save("best_ensemble", epochs_done)
                 if last_eval["best_single"]["top1"] > best["single"]:
                     best["single"] = last_eval["best_single"]["top1"]
+                    best_evals["single"] = at
                     save("best_single", epochs_done)
             if (
                 epochs_done % config.checkpoint_every_epochs == 0
@@ -174,7 +190,19 @@ def train_and_evaluate(
     checkpoints.wait()
     checkpoints.close()
     writer.flush()
-    return {"step": step, "preempted": False, "best": best, "final": last_eval}
+    result = {
+        "step": step,
+        "preempted": False,
+        "best": best,
+        "final": last_eval,
+        "best_evals": best_evals,
+        # The paper and the official code select the best epoch on this split: for CIFAR it is
+        # the test set. Reports label best-epoch numbers with it.
+        "selection_split": config.dataset.eval_split,
+    }
+    if jax.process_index() == 0:
+        write_json_atomically(f"{workdir}/{RESULT_FILE}", result)
+    return result
 
 
 def _preempted(sigterm: _SigtermFlag, checkpoints: RunCheckpoints, step: int) -> bool:

@@ -40,6 +40,7 @@ class StepConfig:
     loss_options: losses.LossOptions
     distill_weight: float = 0.6
     hard_distill_weight: float = 0.6
+    nil_hard_weight: float = 1.0
     random_anchor: bool = True  # paper: a random anchor expert per step; official: expert 0
     strategy: str = "loop"  # how stacked experts are applied (models.experts.STRATEGIES)
     moco: bool = False
@@ -83,6 +84,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
             num_hard=cfg.num_hard,
             distill_weight=cfg.distill_weight,
             hard_distill_weight=cfg.hard_distill_weight,
+            nil_hard_weight=cfg.nil_hard_weight,
             anchor=anchor,
             options=cfg.loss_options,
         )

@@ -157,6 +157,7 @@ def test_color_jitter_factor_range_and_identity():
 _VIEW_INPUTS = {
     "cifar_autoaugment": (32, 32),
     "cifar_randaugment": (32, 32),
+    "cifar_standard": (32, 32),
     "moco_cifar": (32, 32),
     "cifar_test": (32, 32),
     "imagenet_randaugment": (48, 40),
@@ -240,3 +241,22 @@ def test_two_views_of_one_image_differ():
     seeds = tf.random.experimental.stateless_split(tf.constant([1, 2], tf.int64), 2)
     assert not np.array_equal(query(image, seeds[0]).numpy(), key(image, seeds[1]).numpy())
     assert not np.array_equal(query(image, seeds[0]).numpy(), query(image, seeds[1]).numpy())
+
+
+def test_cifar_standard_view_is_a_padded_crop_of_the_flipped_or_original_image():
+    """Table 4's "w/o RandAug": every output is a 32x32 window of the zero-padded image or of
+    its mirror, with no other change."""
+    view = augment.make_view("cifar_standard", image_size=32, normalization="cifar")
+    mean, std = (np.array(v) for v in augment.NORMALIZATION["cifar"])
+    image = smooth_image(32, 32)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    for seed in range(5):
+        out = view(tf.constant(image), tf.constant([seed, 1], tf.int64)).numpy()
+        pixels = np.round((out * std + mean) * 255.0)
+        windows = [
+            src[i : i + 32, j : j + 32]
+            for src in (padded, padded[:, ::-1])
+            for i in range(9)
+            for j in range(9)
+        ]
+        assert any(np.array_equal(pixels, w) for w in windows), seed

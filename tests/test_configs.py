@@ -7,6 +7,7 @@ import pytest
 from configs.base import apply_variant, get_base_config
 from ncl_jax.config_utils import resolve_num_hard, validate_config
 from ncl_jax.errors import ConfigError
+from ncl_jax.variants import resolve_config
 
 # (file, arg) -> (variant, num_hard, moco, epochs, train view)
 EXPECTED = {
@@ -27,7 +28,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name, arg", list(EXPECTED))
 def test_config_files(name, arg):
-    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    config = resolve_config(importlib.import_module(f"configs.{name}").get_config(arg))
     validate_config(config, num_devices=8)
     variant, num_hard, moco, epochs, view = EXPECTED[(name, arg)]
     assert (

@@ -166,6 +166,93 @@ def test_supervised_loss_matches_reference(variant, anchor, seed):
         )
 
 
+# ----------------------------------------------------------------------------- switches
+# Baselines and ablations (Tables 4-5, Fig. 6a): the reference evaluates the same equations
+# with counts of 1 (log 1 = 0, i.e. unbalanced softmax) where a switch turns balancing off.
+
+
+def switch_reference(
+    z, y, counts, num_hard, lam, lam_hard, anchor, *, balanced, distill_balanced, nil_hard_weight
+):
+    ones = np.ones_like(np.asarray(counts, np.float64))
+    nil_counts = counts if balanced else ones
+    distill_counts = counts if balanced and distill_balanced else ones
+    _, nil = paper_reference(z, y, nil_counts, num_hard, lam, lam_hard, anchor)
+    _, distill = paper_reference(z, y, distill_counts, num_hard, lam, lam_hard, anchor)
+    aux = dict(
+        nil_all=nil["nil_all"],
+        nil_hard=nil["nil_hard"],
+        nbod_all=distill["nbod_all"],
+        nbod_hard=distill["nbod_hard"],
+    )
+    total = (
+        aux["nil_all"]
+        + nil_hard_weight * aux["nil_hard"]
+        + lam * aux["nbod_all"]
+        + lam_hard * aux["nbod_hard"]
+    )
+    return total, aux
+
+
+@pytest.mark.parametrize(
+    "balanced, distill_balanced, nil_hard_weight",
+    [(False, True, 1.0), (True, False, 1.0), (True, True, 0.0), (False, False, 0.5)],
+    ids=["ce", "nod", "no_nil_hard", "ce_half_nil_hard"],
+)
+def test_loss_switches_match_reference(balanced, distill_balanced, nil_hard_weight):
+    z, y, counts = _inputs(4)
+    options = losses.LossOptions(balanced=balanced, distill_balanced=distill_balanced)
+    loss, aux = _jax_loss(
+        z,
+        y,
+        counts,
+        "paper",
+        3,
+        1,
+        distill_weight=0.6,
+        hard_distill_weight=0.4,
+        options=options,
+        nil_hard_weight=nil_hard_weight,
+    )
+    ref, ref_aux = switch_reference(
+        z,
+        y,
+        counts,
+        3,
+        0.6,
+        0.4,
+        1,
+        balanced=balanced,
+        distill_balanced=distill_balanced,
+        nil_hard_weight=nil_hard_weight,
+    )
+    np.testing.assert_allclose(float(loss), ref, rtol=2e-6)
+    for name in ("nil_all", "nil_hard", "nbod_all", "nbod_hard"):
+        np.testing.assert_allclose(
+            float(aux[name]), ref_aux[name], rtol=1e-5, atol=1e-6, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("balanced", [True, False], ids=["bsce", "ce"])
+def test_one_expert_with_every_ncl_term_off_is_exactly_bsce_or_ce(balanced):
+    z, y, counts = _inputs(5, k=1)
+    loss, _ = _jax_loss(
+        z,
+        y,
+        counts,
+        "paper",
+        3,
+        0,
+        distill_weight=0.0,
+        hard_distill_weight=0.0,
+        options=losses.LossOptions(balanced=balanced),
+        nil_hard_weight=0.0,
+    )
+    shift = np.log(counts) if balanced else 0.0
+    expected = -np.mean([_log_softmax(z[0, i] + shift)[y[i]] for i in range(len(y))])
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-6)
+
+
 @pytest.mark.parametrize("variant", ["paper", "official"])
 def test_supervised_loss_gradient_matches_reference(variant):
     z, y, counts = _inputs(3, k=3, b=3, c=6)

@@ -218,3 +218,49 @@ def test_unknown_backbone_and_strategy_fail_clearly(stacked_variables):
         )
     with pytest.raises(ValueError, match="num_experts=0"):
         init_stacked(expert, 0, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_unbiased_running_variance_matches_pytorch_numpy_reference(devices):
+    """model.bn_unbiased_variance (official preset): running var <- 0.9 var + 0.1 * the
+    UNBIASED variance of the whole (synchronised) batch; outputs still use the biased one."""
+    from ncl_jax.models.layers import batch_norm
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(8, 3, 3, 2)) * 3 + 1).astype(np.float32)
+    bn = batch_norm(True, "batch", jnp.float32, unbiased_variance=True)
+    variables = bn.init(jax.random.PRNGKey(0), x)
+    old_var = np.array([2.0, 0.5], np.float32)
+    variables = {**variables, "batch_stats": {"mean": np.zeros(2), "var": old_var}}
+
+    def step(v, shard):
+        return bn.apply(v, shard, mutable=["batch_stats"])
+
+    shards = x.reshape(devices, 8 // devices, 3, 3, 2)
+    y, updates = jax.pmap(step, axis_name="batch", in_axes=(None, 0))(variables, shards)
+    flat = x.reshape(-1, 2).astype(np.float64)
+    np.testing.assert_allclose(
+        np.asarray(updates["batch_stats"]["var"][0]),
+        0.9 * old_var + 0.1 * flat.var(0, ddof=1),
+        rtol=1e-5,
+    )
+    normalised = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)  # biased, as PyTorch
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, 2), normalised, rtol=1e-4, atol=1e-5)
+    plain = batch_norm(True, "batch", jnp.float32)  # the default keeps Flax's biased update
+    _, biased = jax.pmap(
+        lambda v, s: plain.apply(v, s, mutable=["batch_stats"]),
+        axis_name="batch",
+        in_axes=(None, 0),
+    )(variables, shards)
+    np.testing.assert_allclose(
+        np.asarray(biased["batch_stats"]["var"][0]), 0.9 * old_var + 0.1 * flat.var(0), rtol=1e-5
+    )
+
+
+def test_official_preset_turns_on_the_unbiased_running_variance():
+    from configs.cifar100_lt import get_config
+    from ncl_jax.models import build_expert
+    from ncl_jax.variants import resolve_config
+
+    assert build_expert(resolve_config(get_config("official"))).bn_unbiased_variance
+    assert not build_expert(resolve_config(get_config("paper"))).bn_unbiased_variance

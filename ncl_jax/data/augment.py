@@ -283,6 +283,13 @@ def _cifar_policy_view(image, seed, size: int, policy: str) -> tf.Tensor:
     return ops.cutout(image, center[0], center[1], length=16)
 
 
+def _cifar_standard_view(image, seed, size: int) -> tf.Tensor:
+    """The standard CIFAR augmentation, pad-4 crop and flip only: the paper's "w/o RandAug"
+    setting of Table 4 (no policy, no Cutout)."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    return _flip(_pad_crop(image, seeds[0], size, padding=4), seeds[1])
+
+
 def _moco_view(image, seed, size: int) -> tf.Tensor:
     """MoCo-v2 key view `sim_cifar`: crop (0.2-1), flip, p=.8 jitter, p=.2 gray, p=.5 blur."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
@@ -332,6 +339,7 @@ def _resize_center_crop_view(image, seed, size: int) -> tf.Tensor:
 _VIEW_FNS: dict[str, Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]] = {
     "cifar_autoaugment": lambda im, s, n: _cifar_policy_view(im, s, n, "autoaugment"),
     "cifar_randaugment": lambda im, s, n: _cifar_policy_view(im, s, n, "randaugment"),
+    "cifar_standard": _cifar_standard_view,
     "moco_cifar": _moco_view,
     "imagenet_randaugment": _imagenet_randaugment_view,
     "places_sim": _places_view,

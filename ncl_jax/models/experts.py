@@ -48,6 +48,7 @@ class Expert(nn.Module):
     projector_dim: int = 0  # 0: no projector (MoCo off)
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    bn_unbiased_variance: bool = False  # PyTorch's running variance (official preset)
 
     def setup(self):
         if self.backbone == "resnet32_cifar":
@@ -56,6 +57,7 @@ class Expert(nn.Module):
                 width=16 if self.width <= 0 else self.width,
                 dtype=self.dtype,
                 bn_axis_name=self.bn_axis_name,
+                bn_unbiased_variance=self.bn_unbiased_variance,
             )
         elif self.backbone in STAGE_SIZES:
             groups, width_per_group = GROUPS[self.backbone]
@@ -67,6 +69,7 @@ class Expert(nn.Module):
                 width_per_group=width_per_group,
                 dtype=self.dtype,
                 bn_axis_name=self.bn_axis_name,
+                bn_unbiased_variance=self.bn_unbiased_variance,
             )
         else:
             raise ValueError(

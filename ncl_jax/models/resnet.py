@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ncl_jax.models.init import torch_default_kernel
-from ncl_jax.models.layers import BackboneModule, batch_norm, conv
+from ncl_jax.models.layers import BackboneModule, conv, norm_for
 
 STAGE_SIZES = {
     "resnet50": (3, 4, 6, 3),
@@ -34,7 +34,7 @@ class Bottleneck(BackboneModule):
         convk = lambda feat, k, s, name, groups=1: conv(
             feat, k, s, kernel_init=torch_default_kernel, dtype=self.dtype, name=name, groups=groups
         )
-        bn = lambda name: batch_norm(train, self.bn_axis_name, self.dtype, name)
+        bn = lambda name: norm_for(self, train, name)
         y = nn.relu(bn("bn1")(convk(self.width, 1, 1, "conv1")(x)))
         y = nn.relu(bn("bn2")(convk(self.width, 3, self.stride, "conv2", self.groups)(y)))
         y = bn("bn3")(convk(out_ch, 1, 1, "conv3")(y))
@@ -57,7 +57,7 @@ class ResNet(BackboneModule):
         stem = conv(
             self.width, 7, 2, kernel_init=torch_default_kernel, dtype=self.dtype, name="conv1"
         )
-        x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(stem(x)))
+        x = nn.relu(norm_for(self, train, "bn1")(stem(x)))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
@@ -70,6 +70,7 @@ class ResNet(BackboneModule):
                     self.groups,
                     dtype=self.dtype,
                     bn_axis_name=self.bn_axis_name,
+                    bn_unbiased_variance=self.bn_unbiased_variance,
                     name=f"layer{stage + 1}_block{block + 1}",
                 )(x, train)
         return jnp.mean(x, axis=(1, 2))

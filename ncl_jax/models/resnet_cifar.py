@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ncl_jax.models.init import kaiming_normal_fan_in
-from ncl_jax.models.layers import BackboneModule, batch_norm, conv
+from ncl_jax.models.layers import BackboneModule, conv, norm_for
 
 
 class BasicBlockA(BackboneModule):
@@ -25,7 +25,7 @@ class BasicBlockA(BackboneModule):
         conv3x3 = lambda s, name: conv(
             self.planes, 3, s, kernel_init=kaiming_normal_fan_in, dtype=self.dtype, name=name
         )
-        bn = lambda name: batch_norm(train, self.bn_axis_name, self.dtype, name)
+        bn = lambda name: norm_for(self, train, name)
         y = nn.relu(bn("bn1")(conv3x3(self.stride, "conv1")(x)))
         y = bn("bn2")(conv3x3(1, "conv2")(y))
         shortcut = x
@@ -46,7 +46,7 @@ class ResNetCifar(BackboneModule):
         stem = conv(
             self.width, 3, kernel_init=kaiming_normal_fan_in, dtype=self.dtype, name="conv1"
         )
-        x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(stem(x)))
+        x = nn.relu(norm_for(self, train, "bn1")(stem(x)))
         for stage, mult in enumerate((1, 2, 4)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
@@ -55,6 +55,7 @@ class ResNetCifar(BackboneModule):
                     stride,
                     dtype=self.dtype,
                     bn_axis_name=self.bn_axis_name,
+                    bn_unbiased_variance=self.bn_unbiased_variance,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
         return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,106 @@
+"""The paper's NCL and the official code's, as one table of presets resolved after overrides.
+
+Every config field whose value depends on the variant (or on other fields) is None in a
+config until `resolve_config` fills it, which the programs call once, after the config file
+and every command-line override have been applied. A value the user set is never replaced, so
+`--config.loss.hard_probs=restricted` wins over the official preset, and the resolved config
+is what `config.json` records and what is logged.
+
+Fields derived from others follow the variant's rule at resolution time, so overriding the
+field they derive from takes effect:
+  loss.num_hard     paper: round(beta * C) hard negatives; official: int(beta * C) - 1 (its
+                    HCM_N counts the ground truth), beta = loss.hard_ratio;
+  moco.ema_repeats  paper: 1; official: K = model.num_experts (its loop applies the EMA once
+                    per expert per step).
+
+A config file may preset more fields per variant (the CIFAR augmentation, ImageNet-LT's
+schedule); those it sets itself from the variant in its argument. Changing `variant` on the
+command line therefore could not change them, and is refused with one line naming the config
+argument to use instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ncl_jax.errors import ConfigError
+
+VARIANTS = ("paper", "official")
+
+# field: (paper, official). The one table: losses.LossOptions.from_variant and the configs
+# read it; nothing else holds a second copy.
+PRESETS: dict[str, tuple[Any, Any]] = {
+    "loss.hard_probs": ("restricted", "masked_logits"),
+    "loss.nil_hard_set": ("per_expert", "anchor"),
+    "loss.anchor": ("random", "first"),
+    "loss.distill_norm": ("pairs", "experts"),
+    "loss.distill_log_eps": (0.0, 1e-9),
+    "moco.key_init": ("copy", "independent"),
+    "moco.ema_projector": (True, False),
+    "moco.ema_before_keys": (True, False),
+    "model.bn_unbiased_variance": (False, True),
+    "group_rule": ("paper", "official"),
+}
+
+DERIVED: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "loss.num_hard": (
+        lambda c: max(1, round(c.loss.hard_ratio * c.dataset.num_classes)),
+        lambda c: max(1, int(c.loss.hard_ratio * c.dataset.num_classes) - 1),
+    ),
+    "moco.ema_repeats": (lambda c: 1, lambda c: int(c.model.num_experts)),
+}
+
+_LOSS_OPTION_FIELDS = ("hard_probs", "nil_hard_set", "distill_norm", "distill_log_eps")
+
+
+def check_variant(variant: str) -> int:
+    """Index of `variant` in VARIANTS; ConfigError for anything else."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant={variant!r} is unknown; use one of {VARIANTS}.")
+    return VARIANTS.index(variant)
+
+
+def loss_presets(variant: str) -> dict[str, Any]:
+    """The LossOptions fields that the variant presets."""
+    index = check_variant(variant)
+    return {name: PRESETS[f"loss.{name}"][index] for name in _LOSS_OPTION_FIELDS}
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _set(config, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def resolve_config(config):
+    """A copy of `config` with every field left None filled from the variant (PRESETS) or
+    derived from other fields (DERIVED); fields already set are kept. Idempotent.
+
+    Raises ConfigError for an unknown variant, or when `variant` was changed after the config
+    file chose its own per-variant presets (`preset_variant`)."""
+    index = check_variant(config.variant)
+    chosen_by_file = config.get("preset_variant")
+    if chosen_by_file and chosen_by_file != config.variant:
+        raise ConfigError(
+            f"variant={config.variant!r} was set after the config file built its "
+            f"{chosen_by_file!r} recipe; choose the variant in the config argument instead, "
+            f"e.g. --config=configs/<file>.py:{config.variant}."
+        )
+    resolved = config.copy_and_resolve_references()
+    for dotted, values in PRESETS.items():
+        if _get(resolved, dotted) is None:
+            _set(resolved, dotted, values[index])
+    for dotted, rules in DERIVED.items():
+        if _get(resolved, dotted) is None:
+            _set(resolved, dotted, rules[index](resolved))
+    return resolved
