@@ -1,8 +1,9 @@
 """Every ncl_jax config field, with its default and a one-line meaning.
 
 Dataset files (`cifar100_lt.py`, ...) start from `get_base_config()` and change only what
-differs. Variant presets (`paper` / `official`) are applied with `apply_variant`, so that the
-two readings of NCL are consistent sets of named fields (docs/design.md, "Paper and official code").
+differs. Fields that the variant (`paper` / `official`) presets are None here and are filled by
+`ncl_jax.variants.resolve_config` after every override, so that the two readings of NCL are
+consistent sets of named fields (docs/design.md, "Paper and official code").
 
 Durations are in epochs; steps are derived from them once the data is known
 (`ncl_jax.train.resolve_steps_per_epoch`).
@@ -139,13 +140,19 @@ def apply_variant(
     return config
 
 
-def parse_args(arg: str | None) -> dict[str, str]:
+def parse_args(arg: str | None, *, keys: tuple[str, ...] = ()) -> dict[str, str]:
     """Parses a config arg such as "if50,official,ablation=nil" into {"if": "50", "variant":
-    "official", "ablation": "nil"}; other plain tokens are joined under "flags"."""
+    "official", "ablation": "nil"}; other plain tokens are joined under "flags". A key=value
+    token whose key is not in `keys` is refused (ValueError), never ignored."""
     out: dict[str, str] = {}
     for token in filter(None, (arg or "").replace(":", ",").split(",")):
         if "=" in token:
             key, value = token.split("=", 1)
+            if key not in keys:
+                raise ValueError(
+                    f"unknown config arg {token!r}; this config takes "
+                    f"{', '.join(k + '=...' for k in keys) or 'no key=value arguments'}."
+                )
             out[key] = value
         elif token in VARIANTS:
             out["variant"] = token

@@ -5,11 +5,9 @@ from configs.experiments import ARG_FLAGS, apply_experiment
 
 
 def cifar_config(arg: str | None, *, name: str, num_classes: int):
-    args = parse_args(arg)
+    args = parse_args(arg, keys=("ablation",))
     flags = set(filter(None, args.get("flags", "").split(",")))
-    unknown = (flags - {"contrastive", "quick", *ARG_FLAGS}) | (
-        set(args) - {"if", "variant", "flags", "ablation"}
-    )
+    unknown = flags - {"contrastive", "quick", *ARG_FLAGS}
     if unknown:
         raise ValueError(
             f"unknown config args {sorted(unknown)}; use ifN, paper|official, contrastive, "

@@ -11,6 +11,8 @@ from configs.base import apply_variant, get_base_config, parse_args
 
 def get_config(arg: str | None = None):
     args = parse_args(arg)
+    if args.get("flags"):
+        raise ValueError(f"unknown config args {args['flags']}; use paper|official.")
     c = get_base_config()
     c.dataset.name = "cifar10_jpeg"
     c.dataset.num_classes = 10

@@ -11,7 +11,7 @@ Layout under the workdir:
 Each checkpoint holds two items: `state` (the unreplicated TrainState as host arrays, so it
 restores on any device count) and `meta` (JSON: `step`; `epoch`, the number of whole epochs
 completed at that step, for every kind, so a SIGTERM checkpoint taken mid-epoch e (0-based)
-records e; `best`; `last_eval`).
+records e; `best`; `last_eval`; `best_evals`, the whole evaluation at each best epoch).
 
 No checkpoint ever holds a non-finite value (NaN, Inf, or |x| >= 2^64, which only a diverged
 update produces; `metrics.all_finite`): `save` refuses such a state and `restore` refuses to
@@ -50,6 +50,7 @@ RESUMABLE_FIELDS = (
     "dataset.cache",
     "dataset.eval_max_examples",
     "model.expert_strategy",
+    "preset_variant",
 )
 
 
@@ -58,8 +59,11 @@ def _flatten(tree: dict) -> dict[str, Any]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Fields (dotted) whose values differ, ignoring those in RESUMABLE_FIELDS."""
-    a, b = _flatten(saved), _flatten(current)
+    """Fields (dotted) whose values differ, ignoring those in RESUMABLE_FIELDS. A field the
+    saved config predates counts as its legacy value (ncl_jax.variants.LEGACY_DEFAULTS)."""
+    from ncl_jax.variants import LEGACY_DEFAULTS
+
+    a, b = {**LEGACY_DEFAULTS, **_flatten(saved)}, _flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 

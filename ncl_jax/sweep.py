@@ -12,8 +12,9 @@ changes the training images). Each run is an ordinary workdir,
 WORKDIR/<setting>/subset<S>_seed<T>, trained by `python -m ncl_jax.main` in a subprocess, so a
 sweep is restartable: finished runs (result.json) are skipped and interrupted ones resume from
 their checkpoints. A failed run is recorded in its sweep_status.json and retried next time.
-WORKDIR/sweep.json records the grid for `ncl_jax.report`. Every run's config is resolved and
-validated before the first one starts.
+WORKDIR/sweep.json records the grid (not written by --task, so that array tasks never race);
+`ncl_jax.report` needs only the runs' own files. Every run's config is resolved and validated
+before the first one starts.
 """
 
 from __future__ import annotations

@@ -51,6 +51,16 @@ DERIVED: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "moco.ema_repeats": (lambda c: 1, lambda c: int(c.model.num_experts)),
 }
 
+# Fields added after configs were first written, with the value that reproduces how a run
+# without them was trained: a config.json that lacks one (an older run) gets this value, not
+# the variant's preset, so it evaluates and resumes as it was trained.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "loss.balanced": True,
+    "loss.distill_balanced": True,
+    "loss.nil_hard_weight": 1.0,
+    "model.bn_unbiased_variance": False,
+}
+
 _LOSS_OPTION_FIELDS = ("hard_probs", "nil_hard_set", "distill_norm", "distill_log_eps")
 
 
@@ -67,9 +77,14 @@ def loss_presets(variant: str) -> dict[str, Any]:
     return {name: PRESETS[f"loss.{name}"][index] for name in _LOSS_OPTION_FIELDS}
 
 
+_MISSING = object()
+
+
 def _get(config, dotted: str):
     node = config
     for part in dotted.split("."):
+        if part not in node:
+            return _MISSING
         node = node[part]
     return node
 
@@ -97,6 +112,9 @@ def resolve_config(config):
             f"e.g. --config=configs/<file>.py:{config.variant}."
         )
     resolved = config.copy_and_resolve_references()
+    for dotted, value in LEGACY_DEFAULTS.items():
+        if _get(resolved, dotted) is _MISSING:
+            _set(resolved, dotted, value)
     for dotted, values in PRESETS.items():
         if _get(resolved, dotted) is None:
             _set(resolved, dotted, values[index])

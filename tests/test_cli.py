@@ -43,7 +43,7 @@ def _one_error_line(capsys, status=2):
         (
             ["--config=configs/cifar10_lt.py:if100,officail", "--workdir=w"],
             "error: flag --config=configs/cifar10_lt.py:if100,officail: unknown config args "
-            "['officail']; use ifN, paper|official, contrastive, quick.",
+            "['officail']; use ifN, paper|official, contrastive, quick, ablation=NAME",
         ),
         (
             ["--config=configs/smoke.py", "--workdir=w", "--config.loss.hard_ratio=abc"],

@@ -74,3 +74,19 @@ def test_inconsistent_values_fail_validation(field, value, message):
     (config[section] if section else config)[key] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         validate_config(config, num_devices=8)
+
+
+@pytest.mark.parametrize(
+    "name, arg",
+    [
+        ("imagenet_lt", "resnet50,ablation=nil"),
+        ("places_lt", "ablation=nil"),
+        ("inat2018", "ablation=nil"),
+        ("smoke", "ablation=nil"),
+        ("smoke", "quick"),
+        ("cifar10_lt", "if100,ablaton=nil"),
+    ],
+)
+def test_arguments_a_config_does_not_take_are_refused(name, arg):
+    with pytest.raises(ValueError, match="unknown config arg"):
+        importlib.import_module(f"configs.{name}").get_config(arg)

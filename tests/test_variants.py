@@ -91,3 +91,32 @@ def test_training_records_the_resolved_config(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["loss"]["num_hard"] == 49 and saved["moco"]["ema_repeats"] == 3
     assert saved["loss"]["hard_probs"] == "masked_logits"
+
+
+def test_a_config_written_before_the_new_fields_evaluates_and_resumes_as_trained():
+    """Older config.json files lack loss.balanced, loss.distill_balanced,
+    loss.nil_hard_weight, model.bn_unbiased_variance and preset_variant: they resolve to the
+    values those runs were trained with, and resuming them is not refused."""
+    import ml_collections
+
+    from ncl_jax.checkpointing import config_differences, config_to_dict
+
+    current = resolve_config(
+        _load(
+            "--config=configs/cifar100_lt.py:if100,official",
+            "--config.model.bn_unbiased_variance=False",
+        )
+    )
+    saved = config_to_dict(current)
+    for section, field in [
+        ("loss", "balanced"),
+        ("loss", "distill_balanced"),
+        ("loss", "nil_hard_weight"),
+        ("model", "bn_unbiased_variance"),
+    ]:
+        del saved[section][field]
+    del saved["preset_variant"]
+    old = resolve_config(ml_collections.ConfigDict(saved))
+    assert old.loss.balanced and old.loss.nil_hard_weight == 1.0
+    assert old.model.bn_unbiased_variance is False  # legacy value, not the official preset
+    assert config_differences(saved, config_to_dict(current)) == []

@@ -3,6 +3,7 @@
 import numpy as np
 
 from configs.base import apply_variant, get_base_config
+from ncl_jax.variants import resolve_config
 
 NUM_CLASSES = 10
 IMAGE = 8
@@ -21,7 +22,7 @@ def tiny_config(variant="paper", *, moco=True, num_experts=3, batch_size=16, que
     config.batch_size = batch_size
     config.num_epochs = 10
     apply_variant(config, variant)
-    return config
+    return resolve_config(config)
 
 
 def class_counts():

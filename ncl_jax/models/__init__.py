@@ -13,6 +13,7 @@ from ncl_jax.models.experts import (
     resolve_strategy,
     stacked,
 )
+from ncl_jax.variants import resolve_config
 
 __all__ = [
     "BACKBONES",
@@ -45,5 +46,5 @@ def build_expert(config, *, bn_axis_name: str | None = None, with_projector: boo
         projector_dim=config.moco.dim if with_projector else 0,
         dtype=_DTYPES[m.dtype],
         bn_axis_name=bn_axis_name,
-        bn_unbiased_variance=bool(m.get("bn_unbiased_variance") or False),
+        bn_unbiased_variance=bool(resolve_config(config).model.bn_unbiased_variance),
     )
