@@ -39,7 +39,6 @@ from ncl_jax.train_step import pmap_train_step, replicate
 
 
 def _define_flags() -> None:
-    """Defined by the CLI, not at import, so that modules can be imported side by side."""
     config_flags.DEFINE_config_file(
         "config", None, "Config file, e.g. configs/cifar100_lt.py (as for ncl_jax.main)."
     )
@@ -310,9 +309,7 @@ def cli() -> None:
     """Console script `ncl-benchmark`: the same as `python -m ncl_jax.benchmark`."""
     from ncl_jax.cli import run_app
 
-    _define_flags()
-    flags.mark_flags_as_required(["config"])
-    run_app(main)
+    run_app(main, define_flags=_define_flags, required=("config",))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import ml_collections
 import numpy as np
@@ -17,15 +19,9 @@ from ncl_jax.variants import resolve_config
 
 def loss_options(config: ml_collections.ConfigDict) -> losses.LossOptions:
     """The LossOptions of a resolved config."""
-    lo = config.loss
+    # Every LossOptions field is a loss.* config field of the same name.
     return losses.LossOptions(
-        hard_probs=lo.hard_probs,
-        nil_hard_set=lo.nil_hard_set,
-        distill_norm=lo.distill_norm,
-        distill_log_eps=lo.distill_log_eps,
-        teacher_stop_gradient=lo.teacher_stop_gradient,
-        balanced=lo.balanced,
-        distill_balanced=lo.distill_balanced,
+        **{f.name: config.loss[f.name] for f in dataclasses.fields(losses.LossOptions)}
     )
 
 

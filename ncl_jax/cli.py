@@ -94,8 +94,19 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
         sys.exit(2)
 
 
-def run_app(main: Callable[[list[str]], None]) -> None:
-    """absl's app.run with `parse_flags`: what every console script and `-m` module calls."""
+def run_app(
+    main: Callable[[list[str]], None],
+    *,
+    define_flags: Callable[[], None] | None = None,
+    required: Sequence[str] = (),
+) -> None:
+    """absl's app.run with `parse_flags`: what every console script and `-m` module calls.
+    Programs define their flags in `define_flags`, not at import, so that modules can be
+    imported side by side (the training loop imports evaluate, tests import them all)."""
+    if define_flags is not None:
+        define_flags()
+    if required:
+        flags.mark_flags_as_required(list(required))
     _show_in_help(flags.FLAGS)
     app.run(main, flags_parser=parse_flags)
 

@@ -118,17 +118,18 @@ def _print_and_write(workdir: str, step: int | None) -> None:
         print(f"wrote {write_result(workdir, result['step'], result)}")
 
 
-def cli() -> None:
-    """Console script `ncl-evaluate`: the same as `python -m ncl_jax.evaluate`. Flags are
-    defined here, not at import, because the training loop imports this module."""
+def _define_flags() -> None:
     from absl import flags
-
-    from ncl_jax.cli import run_app
 
     flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest periodic/final).")
-    flags.mark_flag_as_required("workdir")
-    run_app(main)
+
+
+def cli() -> None:
+    """Console script `ncl-evaluate`: the same as `python -m ncl_jax.evaluate`."""
+    from ncl_jax.cli import run_app
+
+    run_app(main, define_flags=_define_flags, required=("workdir",))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from ncl_jax.cli import run_app, run_cli
 
 
 def _define_flags() -> None:
-    """Defined by the CLI, not at import, so that modules can be imported side by side."""
     config_flags.DEFINE_config_file(
         "config", None, "Config file, e.g. configs/cifar100_lt.py:if100,paper."
     )
@@ -112,9 +111,7 @@ def main(argv) -> None:
 
 def cli() -> None:
     """Console script `ncl-train`: the same as `python -m ncl_jax.main`."""
-    _define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    run_app(main)
+    run_app(main, define_flags=_define_flags, required=("config", "workdir"))
 
 
 if __name__ == "__main__":

@@ -315,19 +315,21 @@ def main(argv) -> None:
     print(f"wrote {f.out}: {f.arch} encoder, {count:,} values")
 
 
-def cli() -> None:
-    """Console script `ncl-convert-pretrained`: the same as `python -m ncl_jax.pretrained`."""
+def _define_flags() -> None:
     from absl import flags
-
-    from ncl_jax.cli import run_app
 
     flags.DEFINE_string(
         "torch_checkpoint", None, "torchvision state dict (.pth), or a .npz of torch-named arrays."
     )
     flags.DEFINE_string("out", None, "Output .npz for model.pretrained_path.")
     flags.DEFINE_enum("arch", "resnet152", list(STAGE_SIZES), "torchvision architecture.")
-    flags.mark_flags_as_required(["torch_checkpoint", "out"])
-    run_app(main)
+
+
+def cli() -> None:
+    """Console script `ncl-convert-pretrained`: the same as `python -m ncl_jax.pretrained`."""
+    from ncl_jax.cli import run_app
+
+    run_app(main, define_flags=_define_flags, required=("torch_checkpoint", "out"))
 
 
 if __name__ == "__main__":

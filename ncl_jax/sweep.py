@@ -347,9 +347,7 @@ def cli() -> None:
     """Console script `ncl-sweep`: the same as `python -m ncl_jax.sweep`."""
     from ncl_jax.cli import run_app
 
-    _define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    run_app(main)
+    run_app(main, define_flags=_define_flags, required=("config", "workdir"))
 
 
 if __name__ == "__main__":

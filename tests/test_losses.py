@@ -185,13 +185,8 @@ def switch_reference(
         nbod_all=distill["nbod_all"],
         nbod_hard=distill["nbod_hard"],
     )
-    total = (
-        aux["nil_all"]
-        + nil_hard_weight * aux["nil_hard"]
-        + lam * aux["nbod_all"]
-        + lam_hard * aux["nbod_hard"]
-    )
-    return total, aux
+    weights = {"nil_all": 1.0, "nil_hard": nil_hard_weight, "nbod_all": lam, "nbod_hard": lam_hard}
+    return sum(w * aux[name] for name, w in weights.items()), aux
 
 
 @pytest.mark.parametrize(

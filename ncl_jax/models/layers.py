@@ -21,6 +21,14 @@ class BackboneModule(nn.Module):
     bn_axis_name: str | None = None
     bn_unbiased_variance: bool = False
 
+    def shared_settings(self) -> dict[str, Any]:
+        """These fields, for passing on to child blocks."""
+        return {
+            "dtype": self.dtype,
+            "bn_axis_name": self.bn_axis_name,
+            "bn_unbiased_variance": self.bn_unbiased_variance,
+        }
+
 
 class TorchBatchNorm(nn.BatchNorm):
     """nn.BatchNorm whose running variance can follow PyTorch: updated with the UNBIASED batch

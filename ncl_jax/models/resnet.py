@@ -68,9 +68,7 @@ class ResNet(BackboneModule):
                     int(planes * (self.width_per_group / 64.0)) * self.groups,
                     stride,
                     self.groups,
-                    dtype=self.dtype,
-                    bn_axis_name=self.bn_axis_name,
-                    bn_unbiased_variance=self.bn_unbiased_variance,
+                    **self.shared_settings(),
                     name=f"layer{stage + 1}_block{block + 1}",
                 )(x, train)
         return jnp.mean(x, axis=(1, 2))

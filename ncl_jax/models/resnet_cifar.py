@@ -53,9 +53,7 @@ class ResNetCifar(BackboneModule):
                 x = BasicBlockA(
                     self.width * mult,
                     stride,
-                    dtype=self.dtype,
-                    bn_axis_name=self.bn_axis_name,
-                    bn_unbiased_variance=self.bn_unbiased_variance,
+                    **self.shared_settings(),
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
         return jnp.mean(x, axis=(1, 2))
