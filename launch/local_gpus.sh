@@ -9,5 +9,7 @@ workdir=${2:?usage: $0 CONFIG[:ARGS] WORKDIR [--config.overrides...]}
 shift 2
 cd "$(dirname "$0")/.."
 # Let JAX use GPU memory as it needs it, next to the host-side tf.data pipeline.
+# Refuse to fall back to the CPU when the GPU build of JAX is missing (requirements-gpu.txt).
+export NCL_REQUIRE_PLATFORM=${NCL_REQUIRE_PLATFORM:-gpu}
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 exec "${PYTHON:-python}" -m ncl_jax.main --config="$config" --workdir="$workdir" "$@"

@@ -86,3 +86,21 @@ def configure_for(config) -> int | None:
         batch_sizes=(int(config.batch_size), int(config.eval_batch_size)),
         sync_batch_stats=bool(config.sync_batch_stats),
     )
+
+
+REQUIRE_ENV = "NCL_REQUIRE_PLATFORM"
+_INSTALL = {"gpu": "requirements-gpu.txt", "tpu": "requirements-tpu.txt"}
+
+
+def check_platform(backend: str, required: str | None = None) -> None:
+    """Refuses to train on the wrong backend: the GPU/TPU launchers set NCL_REQUIRE_PLATFORM,
+    and a CPU-only jaxlib (requirements.txt) would otherwise train on the CPU without a word.
+    ConfigError naming the requirement file that installs the right JAX."""
+    required = required if required is not None else os.environ.get(REQUIRE_ENV, "")
+    if required and backend != required:
+        fix = _INSTALL.get(required, f"the JAX build for {required}")
+        raise ConfigError(
+            f"this run was launched for {required.upper()} ({REQUIRE_ENV}={required}) but JAX "
+            f"found only {backend.upper()} devices; install the accelerator build "
+            f"(pip install -r {fix}) or unset {REQUIRE_ENV} to run on {backend.upper()}."
+        )

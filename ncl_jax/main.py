@@ -92,6 +92,7 @@ def main(argv) -> None:
     def run():
         _configure_cpu_devices()
         _maybe_initialize_distributed()
+        host_devices.check_platform(jax.default_backend())
         logging.info(
             "process %d/%d, %d local / %d global devices (%s)",
             jax.process_index(),

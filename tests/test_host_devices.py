@@ -64,3 +64,32 @@ def test_configure_writes_xla_flags_only_when_the_user_has_not_and_jax_has_not_s
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
     assert host_devices.configure(2, batch_sizes=(64,)) is None
     assert "XLA_FLAGS" not in os.environ
+
+
+def test_a_gpu_or_tpu_launch_refuses_to_train_on_the_cpu(monkeypatch):
+    """launch/local_gpus.sh, the SLURM and TPU launchers set NCL_REQUIRE_PLATFORM: a CPU-only
+    jaxlib is one error line naming the requirement file, not a silent CPU run."""
+    with pytest.raises(ConfigError, match="pip install -r requirements-gpu.txt"):
+        host_devices.check_platform("cpu", "gpu")
+    with pytest.raises(ConfigError, match="requirements-tpu.txt"):
+        host_devices.check_platform("cpu", "tpu")
+    host_devices.check_platform("gpu", "gpu")
+    monkeypatch.delenv(host_devices.REQUIRE_ENV, raising=False)
+    host_devices.check_platform("cpu")  # no launcher, no requirement
+    monkeypatch.setenv(host_devices.REQUIRE_ENV, "gpu")
+    with pytest.raises(ConfigError, match="launched for GPU"):
+        host_devices.check_platform("cpu")
+
+
+def test_requirement_files_for_accelerators_pin_the_same_jax():
+    import pathlib
+    import re
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    pinned = re.search(r"^jax==(\S+)", (repo / "requirements.txt").read_text(), re.M)[1]
+    for name, extra in (("requirements-gpu.txt", "cuda12"), ("requirements-tpu.txt", "tpu")):
+        text = (repo / name).read_text()
+        assert "-r requirements.txt" in text and f"jax[{extra}]=={pinned}" in text
+    for launcher in ("local_gpus.sh", "slurm_multinode.sbatch", "slurm_sweep.sbatch"):
+        assert "NCL_REQUIRE_PLATFORM" in (repo / "launch" / launcher).read_text()
+    assert "NCL_REQUIRE_PLATFORM=tpu" in (repo / "launch" / "tpu_pod.sh").read_text()
