@@ -119,6 +119,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- evaluation / logging
     c.eval_every_epochs = 1  # evaluate on dataset.eval_split every N epochs
+    c.eval_aggregation = "mean_logits"  # ensemble: mean of logits (paper) | "mean_probs"
+    c.eval_tau = (0.0,)  # post-hoc logit adjustments z - tau log(prior) also reported (0: raw)
     c.group_rule = _from_variant(str)  # many/few: "official" (>=100 / <=20) | "paper" (>100 / <20)
     c.log_every_steps = 50  # training metrics / progress interval
     c.checkpoint_every_epochs = 10  # periodic checkpoint interval (also at the end, on SIGTERM)
@@ -140,10 +142,13 @@ def apply_variant(
     return config
 
 
-def parse_args(arg: str | None, *, keys: tuple[str, ...] = ()) -> dict[str, str]:
+def parse_args(
+    arg: str | None, *, keys: tuple[str, ...] = (), imbalance: bool = False
+) -> dict[str, str]:
     """Parses a config arg such as "if50,official,ablation=nil" into {"if": "50", "variant":
     "official", "ablation": "nil"}; other plain tokens are joined under "flags". A key=value
-    token whose key is not in `keys` is refused (ValueError), never ignored."""
+    token whose key is not in `keys`, or ifN without `imbalance`, is refused (ValueError),
+    never ignored."""
     out: dict[str, str] = {}
     for token in filter(None, (arg or "").replace(":", ",").split(",")):
         if "=" in token:
@@ -157,6 +162,11 @@ def parse_args(arg: str | None, *, keys: tuple[str, ...] = ()) -> dict[str, str]
         elif token in VARIANTS:
             out["variant"] = token
         elif token.startswith("if") and token[2:].replace(".", "", 1).isdigit():
+            if not imbalance:
+                raise ValueError(
+                    f"unknown config arg {token!r}: this dataset is long-tailed as published "
+                    "(only the CIFAR configs take ifN); set --config.dataset.imbalance_factor."
+                )
             out["if"] = token[2:]
         else:
             out.setdefault("flags", "")

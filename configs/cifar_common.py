@@ -1,17 +1,22 @@
 """The CIFAR-LT recipe shared by cifar10_lt.py and cifar100_lt.py."""
 
+import difflib
+
 from configs.base import apply_variant, get_base_config, parse_args
 from configs.experiments import ARG_FLAGS, apply_experiment
 
 
 def cifar_config(arg: str | None, *, name: str, num_classes: int):
-    args = parse_args(arg, keys=("ablation",))
+    args = parse_args(arg, keys=("ablation",), imbalance=True)
     flags = set(filter(None, args.get("flags", "").split(",")))
     unknown = flags - {"contrastive", "quick", *ARG_FLAGS}
     if unknown:
+        known = ["paper", "official", "contrastive", "quick", *ARG_FLAGS]
+        close = [m for u in sorted(unknown) for m in difflib.get_close_matches(u, known, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(
-            f"unknown config args {sorted(unknown)}; use ifN, paper|official, contrastive, "
-            "quick, ablation=NAME, ce, noaug (configs/experiments.py)."
+            f"unknown config args {sorted(unknown)}{hint}; use ifN, paper|official, "
+            "contrastive, quick, ablation=NAME, ce, noaug (configs/experiments.py)."
         )
     c = get_base_config()
     c.dataset.name = name

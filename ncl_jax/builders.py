@@ -71,7 +71,15 @@ def make_step_config(
         ema_projector=mc.ema_projector,
         ema_before_keys=mc.ema_before_keys,
         sync_batch_stats=config.sync_batch_stats,
+        eval_taus=eval_taus(config),
+        eval_aggregation=config.get("eval_aggregation", "mean_logits"),
     )
+
+
+def eval_taus(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """0 (the raw logits, always reported) then the other configured eval_tau values."""
+    others = [float(t) for t in config.get("eval_tau", (0.0,)) if float(t) != 0]
+    return (0.0, *dict.fromkeys(others))
 
 
 def _initializer(config: ml_collections.ConfigDict, step_config: StepConfig):

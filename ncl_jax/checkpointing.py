@@ -51,6 +51,8 @@ RESUMABLE_FIELDS = (
     "dataset.eval_max_examples",
     "model.expert_strategy",
     "preset_variant",
+    "eval_aggregation",
+    "eval_tau",
 )
 
 

@@ -22,15 +22,19 @@ EXPECTED = (ConfigError, DataError, CheckpointError, FileNotFoundError)
 
 
 _CHATTY = ("/orbax/", "/tensorflow_datasets/", "/xla_bridge.py", "/etils/")
+# Warnings Orbax gives for every read-only manager (evaluation opens them read-only on purpose).
+_EXPECTED_WARNINGS = ("read_only=True", "directory is read only")
 
 
 class _QuietLibraries(logging.Filter):
-    """Drops INFO chatter of Orbax/TFDS (dozens of lines per checkpoint); keeps warnings."""
+    """Drops INFO chatter of Orbax/TFDS (dozens of lines per checkpoint) and Orbax's warnings
+    about read-only managers; keeps every other warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not any(
-            part in record.pathname for part in _CHATTY
-        )
+        chatty = any(part in record.pathname for part in _CHATTY)
+        if record.levelno >= logging.WARNING:
+            return not (chatty and any(w in record.getMessage() for w in _EXPECTED_WARNINGS))
+        return not chatty
 
 
 def run_cli(fn: Callable[[], object]) -> object:
@@ -54,6 +58,7 @@ def _exit_with(err: Exception, status: int) -> None:
 _SUGGESTION = re.compile(r"'(?P<key>[^'\\]+)\\?'.*Did you mean \"(?P<hint>[^\"]+)\"", re.S)
 _EXCEPTION_LINE = re.compile(r"^\s*[A-Za-z_.]*(?:Error|Exception): (?P<msg>.+)$")
 # Exceptions that ml_collections and absl raise for bad flags, config files and overrides.
+_HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "--helpxml", "-help", "-h", "-?")
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError)
 
 
@@ -89,6 +94,10 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
         for name in flag_values:  # a config file that failed to load raises on first use
             getattr(flag_values[name].value, "_ncl_probe", None)
         return rest
+    except SystemExit:  # absl's --help/--helpshort/--helpfull exit 1 after printing
+        if any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
     except _FLAG_ERRORS as err:
         print(f"error: {flag_error_message(err, argv)}", file=sys.stderr)
         sys.exit(2)
@@ -103,6 +112,11 @@ def run_app(
     """absl's app.run with `parse_flags`: what every console script and `-m` module calls.
     Programs define their flags in `define_flags`, not at import, so that modules can be
     imported side by side (the training loop imports evaluate, tests import them all)."""
+    # absl's --help prints the __main__ module's docstring: for a console script that is a
+    # generated stub, so show the program's own (its commands and what it does).
+    main_module = sys.modules["__main__"]
+    if not getattr(main_module, "__doc__", None):
+        main_module.__doc__ = sys.modules[main.__module__].__doc__
     if define_flags is not None:
         define_flags()
     if required:

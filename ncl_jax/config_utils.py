@@ -74,6 +74,14 @@ def validate_config(
     cpu_devices = config.get("cpu_devices", -1)
     if cpu_devices != -1 and cpu_devices < 1:
         raise ConfigError(f"cpu_devices={cpu_devices}: use -1 (one per core) or a count >= 1.")
+    from ncl_jax.evaluate import validate_eval_options
+
+    validate_eval_options(config)
+    factor = config.dataset.imbalance_factor
+    if factor != 0 and not factor >= 1:
+        raise ConfigError(
+            f"dataset.imbalance_factor={factor} must be 0 (keep the split) or n_max/n_min >= 1."
+        )
     if config.num_epochs < 1:
         raise ConfigError(f"num_epochs={config.num_epochs} must be >= 1.")
     if config.moco.enabled:

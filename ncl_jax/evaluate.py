@@ -9,19 +9,27 @@ loop and, as a CLI, on any Orbax checkpoint of a workdir, on any number of devic
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
 import jax
 import numpy as np
 
-from ncl_jax.metrics import GROUPS, accuracy_summary
+from ncl_jax.metrics import GROUPS, evaluation_result
 
 
 def run_evaluation(
-    p_eval_counts, replicated_state, batches: Iterable[dict], group_masks: dict[str, np.ndarray]
+    p_eval_counts,
+    replicated_state,
+    batches: Iterable[dict],
+    group_masks: dict[str, np.ndarray],
+    *,
+    taus=(0.0,),
+    aggregation: str = "mean_logits",
 ) -> dict:
-    """Runs the pmapped per-class counting step over all eval batches (padded, masked)."""
+    """Runs the pmapped per-class counting step over all eval batches (padded, masked); taus
+    and aggregation must be those the step was built with (StepConfig.eval_*)."""
     from ncl_jax.train_step import unreplicate
 
     correct = totals = None
@@ -32,11 +40,36 @@ def run_evaluation(
         totals = t if totals is None else totals + t
     if correct is None:
         raise ValueError("the evaluation split is empty; check dataset.eval_split.")
-    return accuracy_summary(correct, totals, group_masks)
+    return evaluation_result(correct, totals, group_masks, taus=taus, aggregation=aggregation)
+
+
+def validate_eval_options(config) -> None:
+    """ConfigError for an unknown eval_aggregation or a non-numeric eval_tau."""
+    from ncl_jax.errors import ConfigError
+    from ncl_jax.metrics import AGGREGATIONS
+
+    aggregation = config.get("eval_aggregation", "mean_logits")
+    if aggregation not in AGGREGATIONS:
+        raise ConfigError(
+            f"eval_aggregation={aggregation!r} is unknown; use one of {AGGREGATIONS}."
+        )
+    try:
+        [float(t) for t in config.get("eval_tau", (0.0,))]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"eval_tau={config.get('eval_tau')!r} must be numbers, e.g. (0.0, 0.5, 1.0)."
+        ) from None
 
 
 def format_table(result: dict) -> str:
-    """A fixed-width table of the evaluation JSON."""
+    """Fixed-width tables of the evaluation JSON: raw logits, then each logit adjustment."""
+    tables = [_table(result)]
+    for tau, body in result.get("logit_adjusted", {}).items():
+        tables.append(f"logit adjustment tau={tau}:\n" + _table(body))
+    return "\n\n".join(tables)
+
+
+def _table(result: dict) -> str:
     header = f"{'model':<14}{'top1':>8}" + "".join(f"{g:>8}" for g in GROUPS)
     fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8}"
     rows = [(f"expert {i}", e) for i, e in enumerate(result["experts"])]
@@ -60,8 +93,15 @@ def write_result(workdir: str, step: int, result: dict) -> str:
     return path
 
 
-def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
-    """Restores a checkpoint of `workdir` on however many devices are here and evaluates it."""
+def evaluate_workdir(
+    workdir: str,
+    step: int | None = None,
+    *,
+    aggregation: str | None = None,
+    taus: tuple[float, ...] | None = None,
+) -> dict:
+    """Restores a checkpoint of `workdir` on however many devices are here and evaluates it.
+    aggregation / taus override the run's eval_aggregation / eval_tau for this evaluation."""
     import ml_collections
 
     from ncl_jax import builders, data, host_devices
@@ -69,18 +109,24 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     from ncl_jax.errors import CheckpointError
     from ncl_jax.train_step import pmap_eval_counts_step, replicate
 
-    checkpoints = RunCheckpoints(workdir, read_only=True)
-    saved = checkpoints.saved_config()
-    if saved is None:
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):  # read before Orbax (or anything) starts JAX
         raise CheckpointError(
             f"{workdir} has no config.json: it is not an ncl_jax workdir "
             "(train into it with python -m ncl_jax.main first)."
         )
-    config = ml_collections.ConfigDict(saved)
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if aggregation is not None:
+        config.eval_aggregation = aggregation
+    if taus is not None:
+        config.eval_tau = tuple(taus)
+    validate_eval_options(config)
     # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
     host_devices.configure(
         int(config.get("cpu_devices", -1)), batch_sizes=(int(config.eval_batch_size),)
     )
+    checkpoints = RunCheckpoints(workdir, read_only=True)
     kind, step = checkpoints.find(step)
     info = data.get_dataset_info(config.dataset)
     step_cfg = builders.make_step_config(config, class_counts=info.class_counts, steps_per_epoch=1)
@@ -97,6 +143,8 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
         replicate(state),
         batches,
         info.group_masks(config.group_rule),
+        taus=step_cfg.eval_taus,
+        aggregation=step_cfg.eval_aggregation,
     )
     checkpoints.close()
     return {"step": step, "checkpoint": kind, "epoch": meta.get("epoch"), **result}
@@ -108,11 +156,13 @@ def main(argv) -> None:
 
     from ncl_jax.cli import run_cli
 
-    run_cli(lambda: _print_and_write(flags.FLAGS.workdir, flags.FLAGS.step))
+    f = flags.FLAGS
+    taus = tuple(float(t) for t in f.tau) if f.tau else None
+    run_cli(lambda: _print_and_write(f.workdir, f.step, f.aggregation, taus))
 
 
-def _print_and_write(workdir: str, step: int | None) -> None:
-    result = evaluate_workdir(workdir, step)
+def _print_and_write(workdir: str, step: int | None, aggregation, taus) -> None:
+    result = evaluate_workdir(workdir, step, aggregation=aggregation, taus=taus)
     print(format_table(result))
     if jax.process_index() == 0:
         print(f"wrote {write_result(workdir, result['step'], result)}")
@@ -123,6 +173,15 @@ def _define_flags() -> None:
 
     flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest periodic/final).")
+    flags.DEFINE_enum(
+        "aggregation",
+        None,
+        ["mean_logits", "mean_probs"],
+        "Ensemble: mean of the experts' logits (paper) or probabilities (default: the run's).",
+    )
+    flags.DEFINE_list(
+        "tau", None, "Post-hoc logit adjustments to report besides raw logits, e.g. 0.5,1."
+    )
 
 
 def cli() -> None:

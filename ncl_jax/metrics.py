@@ -108,18 +108,47 @@ class MetricSums:
 
 
 # ---------------------------------------------------------------------------- evaluation
-def per_class_correct(logits, labels, mask):
-    """Correct counts per class for each expert and the ensemble (mean of logits).
+AGGREGATIONS = ("mean_logits", "mean_probs")
 
-    logits [K, b, C], labels int [b], mask bool [b] (False on padding). Returns correct
-    [K + 1, C] (experts, then ensemble) and totals [C], counting only mask=True examples."""
+
+def ensemble_scores(logits, aggregation: str = "mean_logits"):
+    """Scores whose argmax is the ensemble's prediction: the mean of the K experts' logits
+    (the paper and the official code) or of their softmax probabilities. logits [K, b, C]."""
+    if aggregation == "mean_logits":
+        return jnp.mean(logits, axis=0)
+    if aggregation == "mean_probs":
+        return jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
+    raise ValueError(f"aggregation={aggregation!r}; use one of {AGGREGATIONS}.")
+
+
+def adjust_logits(logits, log_prior, tau: float):
+    """Post-hoc logit adjustment: logits - tau * log(prior) (Menon et al.); tau = 0 returns
+    the logits unchanged (bit for bit). log_prior [C] = log(n_c / sum n)."""
+    return logits if tau == 0 else logits - tau * log_prior
+
+
+def per_class_correct(
+    logits, labels, mask, *, log_prior=None, taus=(0.0,), aggregation: str = "mean_logits"
+):
+    """Correct counts per class for each expert and the ensemble, for each adjustment tau.
+
+    logits [K, b, C], labels int [b], mask bool [b] (False on padding), log_prior [C] (needed
+    when a tau is not 0). Returns correct [T, K + 1, C] (per tau: experts, then the ensemble
+    by `aggregation`) and totals [C], counting only mask=True examples."""
     num_classes = logits.shape[-1]
-    preds = jnp.concatenate(
-        [jnp.argmax(logits, -1), jnp.argmax(jnp.mean(logits, 0), -1)[None]], axis=0
-    )  # [K+1, b]
     onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
-    correct = (preds == labels[None]).astype(jnp.float32)
-    return correct @ onehot, jnp.sum(onehot, axis=0)
+    out = []
+    for tau in taus:
+        adjusted = adjust_logits(logits, log_prior, tau)
+        preds = jnp.concatenate(
+            [
+                jnp.argmax(adjusted, -1),
+                jnp.argmax(ensemble_scores(adjusted, aggregation), -1)[None],
+            ],
+            axis=0,
+        )  # [K+1, b]
+        out.append((preds == labels[None]).astype(jnp.float32) @ onehot)
+    return jnp.stack(out), jnp.sum(onehot, axis=0)
 
 
 def accuracy_summary(
@@ -150,13 +179,40 @@ def accuracy_summary(
     }
 
 
+def evaluation_result(
+    correct: np.ndarray,
+    totals: np.ndarray,
+    group_masks: dict[str, np.ndarray],
+    *,
+    taus=(0.0,),
+    aggregation: str = "mean_logits",
+) -> dict:
+    """The evaluation JSON from per-tau counts correct [T, K + 1, C] (taus[0] must be 0):
+    the raw-logit summary at the top level, as before logit adjustment existed, plus
+    `aggregation` and, for every other tau, `logit_adjusted[str(tau)]` with the same body."""
+    if taus[0] != 0:
+        raise ValueError(f"taus={taus}: the first must be 0 (the raw logits).")
+    result = {**accuracy_summary(correct[0], totals, group_masks), "aggregation": aggregation}
+    if len(taus) > 1:
+        result["logit_adjusted"] = {
+            f"{tau:g}": accuracy_summary(correct[t], totals, group_masks)
+            for t, tau in enumerate(taus)
+            if t > 0
+        }
+    return result
+
+
 def eval_scalars(result: dict) -> dict[str, float]:
-    """The evaluation JSON as flat TensorBoard scalars `eval/<model>/<metric>`."""
+    """The evaluation JSON as flat TensorBoard scalars `eval/<model>/<metric>` (and
+    `eval_tau<tau>/...` for each logit adjustment)."""
     out = {}
-    named = [(f"expert_{i}", r) for i, r in enumerate(result["experts"])]
-    named += [("ensemble", result["ensemble"]), ("best_single", result["best_single"])]
-    for name, scores in named:
-        for key in ("top1", *GROUPS):
-            if scores[key] is not None:
-                out[f"eval/{name}/{key}"] = scores[key]
+    bodies = [("eval", result)]
+    bodies += [(f"eval_tau{tau}", body) for tau, body in result.get("logit_adjusted", {}).items()]
+    for prefix, body in bodies:
+        named = [(f"expert_{i}", r) for i, r in enumerate(body["experts"])]
+        named += [("ensemble", body["ensemble"]), ("best_single", body["best_single"])]
+        for name, scores in named:
+            for key in ("top1", *GROUPS):
+                if scores[key] is not None:
+                    out[f"{prefix}/{name}/{key}"] = scores[key]
     return out

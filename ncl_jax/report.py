@@ -2,6 +2,7 @@
 (`ncl-report`).
 
   python -m ncl_jax.report runs/beta        # prints the table, writes report.md and report.csv
+  python -m ncl_jax.report --workdir=runs/beta   # the same
 
 Every workdir below the directory (any depth; a sweep's or hand-made) is one run. A run is
 `finished` when training wrote result.json, `failed` when the sweep recorded a failure, else
@@ -203,7 +204,7 @@ def to_markdown(fields: list[str], rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        "Top-1 %, mean ± sample std over the finished runs (seeds). `last_*`: final epoch; "
+        "Accuracy %, mean ± sample std over the finished runs (seeds). `last_*`: final epoch; "
         f"`best_*`: the best epoch of that model, selected on the `{split}` split (as the paper "
         "and the official code do). `single`: the best expert; `experts_mean`: the mean over "
         "the experts. report.csv has every column."
@@ -229,23 +230,37 @@ def write_report(root: str) -> tuple[str, str]:
 
 
 def main(argv) -> None:
+    from absl import flags
+
     from ncl_jax.cli import run_cli
 
     def go():
-        if len(argv) != 2:
-            raise ConfigError("give one directory: python -m ncl_jax.report RUNS_DIR")
-        markdown, path = write_report(argv[1])
+        dirs = [*argv[1:], *([flags.FLAGS.workdir] if flags.FLAGS.workdir else [])]
+        if len(dirs) != 1:
+            raise ConfigError(
+                "give one directory of runs: python -m ncl_jax.report RUNS_DIR "
+                "(or --workdir=RUNS_DIR)"
+            )
+        markdown, path = write_report(dirs[0])
         print(markdown)
         print(f"wrote {path} and {os.path.splitext(path)[0]}.csv")
 
     run_cli(go)
 
 
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string(
+        "workdir", None, "Directory of runs (a sweep's --workdir); or give it as the argument."
+    )
+
+
 def cli() -> None:
     """Console script `ncl-report`: the same as `python -m ncl_jax.report`."""
     from ncl_jax.cli import run_app
 
-    run_app(main)
+    run_app(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ that state.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import time
 
@@ -70,9 +71,11 @@ def train_and_evaluate(
     TrainingDiverged when a step produces a non-finite loss or state (metrics.all_finite)."""
     config = resolve_config(config)  # after every override; config.json records the result
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
+    if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
     checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
     checkpoints.check_or_write_config(config)
-    info = data.get_dataset_info(config.dataset)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
     step_cfg = builders.make_step_config(
@@ -171,7 +174,14 @@ def train_and_evaluate(
             flush_train_metrics()
             epochs_done = epoch + 1
             if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
-                last_eval = run_evaluation(p_eval, replicated, _eval_batches(config), group_masks)
+                last_eval = run_evaluation(
+                    p_eval,
+                    replicated,
+                    _eval_batches(config),
+                    group_masks,
+                    taus=step_cfg.eval_taus,
+                    aggregation=step_cfg.eval_aggregation,
+                )
                 writer.write_scalars(step, eval_scalars(last_eval))
                 at = {"epoch": epochs_done, "step": step, **last_eval}
                 if last_eval["ensemble"]["top1"] > best["ensemble"]:
@@ -199,6 +209,11 @@ def train_and_evaluate(
         # The paper and the official code select the best epoch on this split: for CIFAR it is
         # the test set. Reports label best-epoch numbers with it.
         "selection_split": config.dataset.eval_split,
+        "selection_rule": (
+            "last = the final epoch; best_evals = the evaluated epoch with the highest ensemble "
+            f"(resp. best single expert) top-1 on the {config.dataset.eval_split!r} split, raw "
+            "logits; the paper and the official code select on the test set the same way"
+        ),
     }
     if jax.process_index() == 0:
         write_json_atomically(f"{workdir}/{RESULT_FILE}", result)

@@ -51,6 +51,8 @@ class StepConfig:
     ema_projector: bool = True
     ema_before_keys: bool = True
     sync_batch_stats: bool = True
+    eval_taus: tuple[float, ...] = (0.0,)  # post-hoc logit adjustments evaluated; first is 0
+    eval_aggregation: str = "mean_logits"  # how the ensemble combines the experts
 
 
 def _choose_anchor(rng, num_experts: int, random_anchor: bool):
@@ -145,7 +147,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig
 def eval_counts_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig):
     """Evaluation reduced on device: per-class correct counts, psum'ed over devices."""
     logits = eval_step(state, batch, cfg=cfg)
-    correct, totals = metrics.per_class_correct(logits, batch["label"], batch["mask"])
+    counts = jnp.asarray(cfg.class_counts, jnp.float32)
+    correct, totals = metrics.per_class_correct(
+        logits,
+        batch["label"],
+        batch["mask"],
+        log_prior=jnp.log(counts / jnp.sum(counts)),
+        taus=cfg.eval_taus,
+        aggregation=cfg.eval_aggregation,
+    )
     return jax.lax.psum(correct, AXIS), jax.lax.psum(totals, AXIS)
 
 

@@ -108,8 +108,9 @@ def resolve_config(config):
     if chosen_by_file and chosen_by_file != config.variant:
         raise ConfigError(
             f"variant={config.variant!r} was set after the config file built its "
-            f"{chosen_by_file!r} recipe; choose the variant in the config argument instead, "
-            f"e.g. --config=configs/<file>.py:{config.variant}."
+            f"{chosen_by_file!r} recipe; choose the variant in the config argument instead: "
+            f"append ,{config.variant} to it (e.g. --config=configs/cifar10_lt.py:quick,"
+            f"{config.variant}) and drop --config.variant."
         )
     resolved = config.copy_and_resolve_references()
     for dotted, value in LEGACY_DEFAULTS.items():

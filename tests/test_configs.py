@@ -66,6 +66,7 @@ def test_unknown_argument_and_variant_are_refused():
         ("loss.num_hard", 100, "loss.num_hard"),
         ("model.expert_strategy", "scan", "expert_strategy='scan'"),
         ("cpu_devices", 0, "cpu_devices=0"),
+        ("dataset.imbalance_factor", 0.5, "imbalance_factor=0.5"),
     ],
 )
 def test_inconsistent_values_fail_validation(field, value, message):
@@ -85,6 +86,9 @@ def test_inconsistent_values_fail_validation(field, value, message):
         ("smoke", "ablation=nil"),
         ("smoke", "quick"),
         ("cifar10_lt", "if100,ablaton=nil"),
+        ("smoke", "if50"),
+        ("imagenet_lt", "resnet50,if10"),
+        ("inat2018", "if50"),
     ],
 )
 def test_arguments_a_config_does_not_take_are_refused(name, arg):

@@ -164,6 +164,31 @@ def test_report_averages_finished_runs_per_setting_and_lists_the_others(tmp_path
     assert "2 (+1 unfinished, 0 failed)" in markdown and "selected on the `test` split" in markdown
 
 
+def test_report_cli_takes_the_directory_as_argument_or_workdir(tmp_path, capsys):
+    from absl import flags
+
+    _fake_run(
+        tmp_path,
+        "a/s42",
+        ratio=0.2,
+        seed=42,
+        final=_evaluation([1.0], 2.0),
+        best=_evaluation([1.0], 2.0),
+    )
+    flags.FLAGS.unparse_flags()
+    if "workdir" not in flags.FLAGS:
+        report._define_flags()
+    flags.FLAGS(["ncl-report", f"--workdir={tmp_path}"])
+    try:
+        report.main(["ncl-report"])
+        assert (tmp_path / report.REPORT_CSV).exists()
+        with pytest.raises(SystemExit):
+            report.main(["ncl-report", str(tmp_path), "other"])
+        assert "give one directory of runs" in capsys.readouterr().err
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
 def test_report_on_a_directory_without_runs_is_one_error(tmp_path):
     with pytest.raises(ConfigError, match="no runs under"):
         report.write_report(str(tmp_path))
