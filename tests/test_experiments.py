@@ -53,8 +53,8 @@ def test_named_experiment_sets_exactly_its_fields(name, ce):
     assert config.loss.distill_balanced is (name != "nod")
 
 
-@pytest.mark.slow  # one compiled step per experiment
-@pytest.mark.parametrize("name", sorted(ABLATIONS))
+@pytest.mark.slow  # one compiled step per experiment; these three cover every term switch
+@pytest.mark.parametrize("name", ["baseline", "nil_bod_all", "ncl"])
 def test_named_experiment_trains_exactly_its_terms(name):
     config = _tiny(f"if100,ablation={name}" + (",ce" if name == "nil" else ""))
     nil_hard, bod_all, bod_hard, ss, experts = EXPECTED[name]
