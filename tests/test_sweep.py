@@ -206,7 +206,11 @@ TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
     reason=f"offline cifar10_jpeg not found under TFDS_DATA_DIR={TFDS_DIR!r}",
 )
 def test_sweep_of_two_settings_and_two_seeds_resumes_a_killed_run_and_reports(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),  # the runs share their steps
+    )
     workdir = tmp_path / "sweep"
     base = [
         sys.executable,
