@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from ncl_jax import cli
 from ncl_jax.errors import ConfigError
+from tests.tiny import smoke_config
 
 
 def _parse(argv):
@@ -106,14 +107,7 @@ def test_every_entry_point_has_a_console_script_that_starts_through_parse_flags(
 
 # ----------------------------------------------------------------------------- the programs
 def _smoke(**overrides):
-    config = importlib.import_module("configs.smoke").get_config()
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return config
+    return smoke_config(**overrides)
 
 
 @pytest.mark.parametrize(

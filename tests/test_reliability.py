@@ -19,6 +19,7 @@ from ncl_jax import cli, train
 from ncl_jax.checkpointing import KINDS, RunCheckpoints
 from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.metrics import tree_is_finite
+from tests.tiny import smoke_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
@@ -32,17 +33,7 @@ pytestmark = [
 
 
 def _smoke(**overrides):
-    from configs.smoke import get_config
-
-    config = get_config()
-    config.log_every_steps = 100  # metrics (and the guard) are read at the end of each epoch
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return config
+    return smoke_config(**{"log_every_steps": 100, **overrides})  # guard read per epoch
 
 
 def _saved_states(workdir):

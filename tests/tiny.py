@@ -42,3 +42,17 @@ def shard(batch, num_devices):
     return {
         k: v.reshape(num_devices, v.shape[0] // num_devices, *v.shape[1:]) for k, v in batch.items()
     }
+
+
+def smoke_config(**overrides):
+    """configs/smoke.py with dotted-field overrides, e.g. smoke_config(**{"loss.num_hard": 2})."""
+    from configs.smoke import get_config
+
+    config = get_config()
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
