@@ -70,6 +70,50 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return [k for k in keys if k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
 
 
+CHECKPOINT_CHOICES = ("latest", "best_ensemble", "best_single")
+
+
+def parse_checkpoint(value: str | int | None) -> str | int | None:
+    """A `--checkpoint` flag: None (the program's default), latest | best_ensemble |
+    best_single, or a step number (int). Raises ConfigError otherwise."""
+    from ncl_jax.errors import ConfigError
+
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip()
+    if text in CHECKPOINT_CHOICES:
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(
+        f"--checkpoint={value!r} is not valid; use one of {', '.join(CHECKPOINT_CHOICES)} "
+        "or a step number."
+    )
+
+
+def shape_mismatch(restored: Any, target: Any) -> str | None:
+    """None when every restored array has its target's shape, else what differs.
+
+    Orbax restores arrays at their saved shapes even when the target's differ (a config.json
+    edited after training, a checkpoint copied from another run), which would only fail deep
+    inside Flax; this names the first difference instead."""
+    paths = lambda tree: {
+        jax.tree_util.keystr(k): tuple(np.shape(v))
+        for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+    saved, wanted = paths(restored), paths(target)
+    differ = [k for k in wanted if saved.get(k) != wanted[k]] + [
+        k for k in saved if k not in wanted
+    ]
+    if not differ:
+        return None
+    first = differ[0]
+    return (
+        f"{len(differ)} arrays differ, e.g. {first.lstrip('.')}: saved {saved.get(first)}, "
+        f"the config needs {wanted.get(first)}"
+    )
+
+
 def write_json_atomically(path: epath.PathLike, value: Any) -> None:
     """Writes JSON via a temporary file and a rename (local disks and gs:// alike), so a
     crash never leaves a half-written file."""
@@ -177,6 +221,21 @@ class RunCheckpoints:
             f"{self.all_steps() or 'none'}."
         )
 
+    def select(self, which: str | int | None) -> tuple[str, int]:
+        """(kind, step) of a `parse_checkpoint` value: None or latest = the newest
+        periodic/final checkpoint, best_ensemble / best_single = the newest of that kind, a
+        step = that step of any kind. Raises CheckpointError naming what exists."""
+        if which in CHECKPOINT_CHOICES[1:]:
+            step = self.latest_step(which)
+            if step is None:
+                raise CheckpointError(
+                    f"{self.workdir} has no {which} checkpoint (saved at evaluated epochs); "
+                    f"available steps: {self.all_steps() or 'none'} (pass --checkpoint=latest "
+                    "or a step)."
+                )
+            return which, step
+        return self.find(None if which in (None, "latest") else which)
+
     def all_steps(self) -> list[int]:
         """Every step held by any kind, ascending."""
         return sorted({s for kind in KINDS for s in self.steps(kind)})
@@ -231,6 +290,13 @@ class RunCheckpoints:
             raise CheckpointError(
                 f"checkpoint {where} cannot be read ({type(err).__name__}: {first_line}); {hint}"
             ) from err
+        mismatch = shape_mismatch(restored["state"], host_target)
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint {where} does not match the run's config ({mismatch}); it was left "
+                "untouched: use the config.json of the run that trained it (a checkpoint of "
+                "another model, class count or K cannot be restored)."
+            )
         if not tree_is_finite(restored["state"]):
             raise CheckpointError(
                 f"checkpoint {where} holds non-finite values (NaN, Inf or |x| >= 2^64); {hint}"

@@ -9,14 +9,32 @@ loop and, as a CLI, on any Orbax checkpoint of a workdir, on any number of devic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import jax
 import numpy as np
 
 from ncl_jax.metrics import GROUPS, evaluation_result
+
+
+def evaluation_counts(p_eval_counts, replicated_state, batches: Iterable[dict]):
+    """Runs the pmapped per-class counting step over all eval batches (padded, masked):
+    correct [T, K + 1, C] (per tau: experts, then the ensemble) and totals [C], on the host."""
+    from ncl_jax.train_step import unreplicate
+
+    correct = totals = None
+    for batch in batches:
+        # psum'ed over the pmap axis, which spans the devices of every process.
+        c, t = unreplicate(p_eval_counts(replicated_state, batch))
+        correct = c if correct is None else correct + c
+        totals = t if totals is None else totals + t
+    if correct is None:
+        raise ValueError("the evaluation split is empty; check dataset.eval_split.")
+    return correct, totals
 
 
 def run_evaluation(
@@ -28,18 +46,9 @@ def run_evaluation(
     taus=(0.0,),
     aggregation: str = "mean_logits",
 ) -> dict:
-    """Runs the pmapped per-class counting step over all eval batches (padded, masked); taus
-    and aggregation must be those the step was built with (StepConfig.eval_*)."""
-    from ncl_jax.train_step import unreplicate
-
-    correct = totals = None
-    for batch in batches:
-        # psum'ed over the pmap axis, which spans the devices of every process.
-        c, t = unreplicate(p_eval_counts(replicated_state, batch))
-        correct = c if correct is None else correct + c
-        totals = t if totals is None else totals + t
-    if correct is None:
-        raise ValueError("the evaluation split is empty; check dataset.eval_split.")
+    """The evaluation JSON (metrics.evaluation_result) of `evaluation_counts`; taus and
+    aggregation must be those the step was built with (StepConfig.eval_*)."""
+    correct, totals = evaluation_counts(p_eval_counts, replicated_state, batches)
     return evaluation_result(correct, totals, group_masks, taus=taus, aggregation=aggregation)
 
 
@@ -93,24 +102,30 @@ def write_result(workdir: str, step: int, result: dict) -> str:
     return path
 
 
-def evaluate_workdir(
-    workdir: str,
-    step: int | None = None,
-    *,
-    aggregation: str | None = None,
-    taus: tuple[float, ...] | None = None,
-) -> dict:
-    """Restores a checkpoint of `workdir` on however many devices are here and evaluates it.
-    aggregation / taus override the run's eval_aggregation / eval_tau for this evaluation."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedRun:
+    """A workdir's config and one restored checkpoint, ready to evaluate on this host."""
+
+    workdir: str
+    config: Any  # ml_collections.ConfigDict as saved in config.json (with any overrides)
+    info: Any  # data.DatasetInfo
+    step_cfg: Any  # train_step.StepConfig
+    state: Any  # TrainState, host numpy arrays
+    kind: str  # checkpoint kind: checkpoints | best_ensemble | best_single
+    step: int
+    meta: dict  # what training saved beside the state (epoch, best, last_eval, ...)
+
+
+def read_run_config(workdir: str, *, aggregation=None, taus=None):
+    """The ConfigDict a workdir was trained with (config.json), with evaluation overrides;
+    read before anything starts JAX. Raises CheckpointError without config.json and
+    ConfigError for a bad aggregation/tau."""
     import ml_collections
 
-    from ncl_jax import builders, data, host_devices
-    from ncl_jax.checkpointing import RunCheckpoints
     from ncl_jax.errors import CheckpointError
-    from ncl_jax.train_step import pmap_eval_counts_step, replicate
 
     config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):  # read before Orbax (or anything) starts JAX
+    if not os.path.exists(config_path):
         raise CheckpointError(
             f"{workdir} has no config.json: it is not an ncl_jax workdir "
             "(train into it with python -m ncl_jax.main first)."
@@ -122,32 +137,69 @@ def evaluate_workdir(
     if taus is not None:
         config.eval_tau = tuple(taus)
     validate_eval_options(config)
-    # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
-    host_devices.configure(
-        int(config.get("cpu_devices", -1)), batch_sizes=(int(config.eval_batch_size),)
-    )
+    return config
+
+
+def load_run(workdir: str, config, checkpoint: str | int | None = None) -> LoadedRun:
+    """Restores one checkpoint of `workdir` (RunCheckpoints.select: None or "latest",
+    "best_ensemble", "best_single", or a step). Raises CheckpointError naming what exists
+    when the checkpoint is missing, and what differs when it does not match the config."""
+    from ncl_jax import builders, data
+    from ncl_jax.checkpointing import RunCheckpoints
+
     checkpoints = RunCheckpoints(workdir, read_only=True)
-    kind, step = checkpoints.find(step)
-    info = data.get_dataset_info(config.dataset)
-    step_cfg = builders.make_step_config(config, class_counts=info.class_counts, steps_per_epoch=1)
-    state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
-    batches = data.eval_iterator(
+    try:
+        kind, step = checkpoints.select(checkpoint)
+        info = data.get_dataset_info(config.dataset)
+        step_cfg = builders.make_step_config(
+            config, class_counts=info.class_counts, steps_per_epoch=1
+        )
+        state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
+    finally:
+        checkpoints.close()
+    return LoadedRun(workdir, config, info, step_cfg, state, kind, step, meta)
+
+
+def eval_batches(config):
+    """The evaluation split as device-sharded batches for however many devices are here."""
+    from ncl_jax import data
+
+    return data.eval_iterator(
         config.dataset,
         global_batch_size=data.eval_batch_for(config.eval_batch_size, jax.device_count()),
         num_local_devices=jax.local_device_count(),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    result = run_evaluation(
-        pmap_eval_counts_step(step_cfg),
-        replicate(state),
-        batches,
-        info.group_masks(config.group_rule),
-        taus=step_cfg.eval_taus,
-        aggregation=step_cfg.eval_aggregation,
+
+
+def evaluate_workdir(
+    workdir: str,
+    step: int | None = None,
+    *,
+    aggregation: str | None = None,
+    taus: tuple[float, ...] | None = None,
+) -> dict:
+    """Restores a checkpoint of `workdir` on however many devices are here and evaluates it.
+    aggregation / taus override the run's eval_aggregation / eval_tau for this evaluation."""
+    from ncl_jax import host_devices
+    from ncl_jax.train_step import pmap_eval_counts_step, replicate
+
+    config = read_run_config(workdir, aggregation=aggregation, taus=taus)
+    # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
+    host_devices.configure(
+        int(config.get("cpu_devices", -1)), batch_sizes=(int(config.eval_batch_size),)
     )
-    checkpoints.close()
-    return {"step": step, "checkpoint": kind, "epoch": meta.get("epoch"), **result}
+    run = load_run(workdir, config, step)
+    result = run_evaluation(
+        pmap_eval_counts_step(run.step_cfg),
+        replicate(run.state),
+        eval_batches(config),
+        run.info.group_masks(config.group_rule),
+        taus=run.step_cfg.eval_taus,
+        aggregation=run.step_cfg.eval_aggregation,
+    )
+    return {"step": run.step, "checkpoint": run.kind, "epoch": run.meta.get("epoch"), **result}
 
 
 def main(argv) -> None:

@@ -216,3 +216,101 @@ def eval_scalars(result: dict) -> dict[str, float]:
                 if scores[key] is not None:
                     out[f"{prefix}/{name}/{key}"] = scores[key]
     return out
+
+
+# ---------------------------------------------------------------------------- analysis
+# Per-sample quantities reduced on device to per-class or per-bin sums (never all logits on the
+# host, so 10^5-image, 10^3-class evaluation sets fit), turned into numbers on the host.
+CALIBRATION_BINS = 15  # ECE bins, as in Guo et al. (2017) and most long-tail papers
+HARDEST_NEGATIVE_BINS = 20  # histogram of the hardest negative's probability on [0, 1]
+
+
+def model_log_probs(logits, aggregation: str = "mean_logits"):
+    """Log-probabilities [K + 1, b, C] of each expert and of the ensemble (float32).
+
+    The ensemble's distribution follows `aggregation`: softmax of the mean logits (the
+    paper's ensemble) or the mean of the experts' softmax probabilities. logits [K, b, C]."""
+    logits = logits.astype(jnp.float32)
+    experts = jax.nn.log_softmax(logits, axis=-1)
+    if aggregation == "mean_logits":
+        ensemble = jax.nn.log_softmax(jnp.mean(logits, axis=0), axis=-1)
+    elif aggregation == "mean_probs":
+        ensemble = jax.nn.logsumexp(experts, axis=0) - jnp.log(logits.shape[0])
+    else:
+        raise ValueError(f"aggregation={aggregation!r}; use one of {AGGREGATIONS}.")
+    return jnp.concatenate([experts, ensemble[None]], axis=0)
+
+
+def symmetric_kl(log_p, log_q):
+    """(KL(p || q) + KL(q || p)) / 2 over the last axis, in nats. Averaged over a pair's two
+    directions it is the paper's distillation distance (Eq. 8 sums both, over ordered pairs)
+    on raw rather than balanced probabilities, as in Fig. 1 and Fig. 5b."""
+    p, q = jnp.exp(log_p), jnp.exp(log_q)
+    return 0.5 * jnp.sum((p - q) * (log_p - log_q), axis=-1)
+
+
+def expert_pairs(num_experts: int) -> list[tuple[int, int]]:
+    """The unordered expert pairs (i < j), in the order of `pairwise_kl_per_class`."""
+    return [(i, j) for i in range(num_experts) for j in range(i + 1, num_experts)]
+
+
+def pairwise_kl_per_class(log_probs, labels, mask):
+    """Per-class sums of the symmetric KL between every pair of experts: [P, C] for the pairs
+    of `expert_pairs(K)` (P = 0 when K = 1). log_probs [K, b, C] (experts only)."""
+    num_classes = log_probs.shape[-1]
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
+    pairs = expert_pairs(log_probs.shape[0])
+    if not pairs:
+        return jnp.zeros((0, num_classes), jnp.float32)
+    kl = jnp.stack([symmetric_kl(log_probs[i], log_probs[j]) for i, j in pairs])  # [P, b]
+    return kl @ onehot
+
+
+def kl_per_class(log_p, log_q, labels, mask):
+    """Per-class sums [C] of the symmetric KL between two models' predictions [b, C] (e.g.
+    two separately trained networks, Fig. 1 and Fig. 5b for single-model baselines)."""
+    onehot = jax.nn.one_hot(labels, log_p.shape[-1], dtype=jnp.float32) * mask[:, None]
+    return symmetric_kl(log_p, log_q) @ onehot
+
+
+def hardest_negative_probability(log_probs, labels):
+    """The largest probability given to a class other than the label, per sample (Fig. 5a:
+    the score of the hardest negative category). log_probs [..., b, C] -> [..., b]."""
+    is_label = jax.nn.one_hot(labels, log_probs.shape[-1], dtype=jnp.bool_)
+    return jnp.max(jnp.where(is_label, 0.0, jnp.exp(log_probs)), axis=-1)
+
+
+def histogram_counts(values, mask, num_bins: int):
+    """Counts [..., num_bins] of values in [0, 1] over equal bins [i/n, (i+1)/n) (1.0 goes to
+    the last bin); mask [b] drops padding. values [..., b]."""
+    index = jnp.clip(jnp.floor(values * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    return jnp.sum(jax.nn.one_hot(index, num_bins, dtype=jnp.float32) * mask[:, None], axis=-2)
+
+
+def calibration_sums(log_probs, labels, mask, num_bins: int = CALIBRATION_BINS):
+    """Per confidence bin: (count, sum of confidence, sum of correct) -> [..., num_bins, 3].
+
+    Confidence is the top softmax probability and correct means its class is the label; bin
+    i holds confidences in (i/n, (i+1)/n] (Guo et al., 2017). log_probs [..., b, C]."""
+    confidence = jnp.exp(jnp.max(log_probs, axis=-1))
+    correct = (jnp.argmax(log_probs, axis=-1) == labels).astype(jnp.float32)
+    index = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+    in_bin = jax.nn.one_hot(index, num_bins, dtype=jnp.float32) * mask[:, None]  # [..., b, n]
+    per_sample = jnp.stack([jnp.ones_like(confidence), confidence, correct], axis=-1)
+    return jnp.einsum("...bn,...bs->...ns", in_bin, per_sample)
+
+
+def expected_calibration_error(sums: np.ndarray) -> float:
+    """ECE = sum_i (n_i / N) |accuracy_i - confidence_i|, as a fraction, from one model's
+    `calibration_sums` [num_bins, 3]."""
+    sums = np.asarray(sums, np.float64)
+    count, confidence, correct = sums[:, 0], sums[:, 1], sums[:, 2]
+    if count.sum() == 0:
+        return float("nan")
+    return float(np.sum(np.abs(correct - confidence)) / count.sum())
+
+
+def confusion_counts(predictions, labels, mask, num_classes: int):
+    """Confusion matrix [C, C]: row = true class, column = predicted class."""
+    truth = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
+    return truth.T @ jax.nn.one_hot(predictions, num_classes, dtype=jnp.float32)

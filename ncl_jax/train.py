@@ -27,8 +27,9 @@ from ncl_jax import builders, data
 from ncl_jax.checkpointing import RunCheckpoints, write_json_atomically
 from ncl_jax.config_utils import validate_config
 from ncl_jax.errors import CheckpointError, TrainingDiverged
-from ncl_jax.evaluate import run_evaluation
-from ncl_jax.metrics import MetricSums, eval_scalars
+from ncl_jax.evaluate import eval_batches, evaluation_counts
+from ncl_jax.metrics import MetricSums, eval_scalars, evaluation_result
+from ncl_jax.plots import per_class_image
 from ncl_jax.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
 from ncl_jax.variants import resolve_config
 
@@ -174,15 +175,20 @@ def train_and_evaluate(
             flush_train_metrics()
             epochs_done = epoch + 1
             if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
-                last_eval = run_evaluation(
-                    p_eval,
-                    replicated,
-                    _eval_batches(config),
+                correct, totals = evaluation_counts(p_eval, replicated, eval_batches(config))
+                last_eval = evaluation_result(
+                    correct,
+                    totals,
                     group_masks,
                     taus=step_cfg.eval_taus,
                     aggregation=step_cfg.eval_aggregation,
                 )
                 writer.write_scalars(step, eval_scalars(last_eval))
+                if jax.process_index() == 0:
+                    writer.write_images(
+                        step,
+                        {"eval/per_class_top1": per_class_image(correct[0], totals, info, config)},
+                    )
                 at = {"epoch": epochs_done, "step": step, **last_eval}
                 if last_eval["ensemble"]["top1"] > best["ensemble"]:
                     best["ensemble"] = last_eval["ensemble"]["top1"]
@@ -224,16 +230,6 @@ def _preempted(sigterm: _SigtermFlag, checkpoints: RunCheckpoints, step: int) ->
     if jax.process_count() == 1:
         return sigterm.received
     return checkpoints.reached_preemption(step)  # all hosts agree on the same step
-
-
-def _eval_batches(config):
-    return data.eval_iterator(
-        config.dataset,
-        global_batch_size=data.eval_batch_for(config.eval_batch_size, jax.device_count()),
-        num_local_devices=jax.local_device_count(),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
 
 
 def _restore_for_resume(checkpoints: RunCheckpoints, target, resume_step: int | None):

@@ -172,6 +172,54 @@ def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     assert best.steps("best_ensemble") and best.steps("best_single")
 
 
+def test_analyze_cli_matches_the_training_evaluation_and_writes_every_figure(
+    env, uninterrupted, tmp_path
+):
+    workdir, summary = uninterrupted
+    out = tmp_path / "analysis"
+    cmd = [sys.executable, "-m", "ncl_jax.analyze", f"--workdir={workdir}"]
+    result = _run([*cmd, f"--compare={workdir}", f"--out={out}", "--tau=1"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ETA" in result.stdout and "wrote analysis.json" in result.stdout
+    body = json.loads((out / "analysis.json").read_text())
+    assert body["schema_version"] == 1 and len(body["runs"]) == 2
+    run = body["runs"][0]
+    assert run["checkpoint"]["step"] == 12 and run["num_experts"] == 3
+    final = summary["final"]
+    groups = run["groups"]["official"]  # the smoke config's group_rule
+    np.testing.assert_allclose(groups["ensemble"]["top1"], final["ensemble"]["top1"])
+    for k, expert in enumerate(final["experts"]):
+        np.testing.assert_allclose(groups[f"expert_{k}"]["top1"], expert["top1"])
+    assert sum(run["per_class"]["test_count"]) == 256
+    assert run["class_names"][:2] == ["airplane", "automobile"]  # the dataset's names
+    assert set(run["logit_adjusted"]) == {"0", "1"}
+    # A run compared with itself: same recipe, zero KL between them.
+    (pair,) = body["kl_between_runs"]
+    assert pair["same_recipe"] and max(v or 0 for v in pair["per_class"]) < 1e-6
+    figures = {p.name for p in out.iterdir()}
+    assert {
+        "per_class_top1.png",
+        "group_top1.png",
+        "fig1_kl_per_class.png",
+        "fig5a_hardest_negative.png",
+        "fig5b_kl_groups.png",
+        "reliability.png",
+    } <= figures
+    # Nothing is written over: a second analysis into the same --out is refused.
+    again = _run([*cmd, f"--out={out}"], env)
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error:")
+    # Training wrote the per-class plot as a TensorBoard image at every evaluation.
+    import tensorflow as tf
+
+    tags = {
+        value.tag
+        for events in workdir.glob("events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(events))
+        for value in event.summary.value
+    }
+    assert "eval/per_class_top1" in tags and "eval/ensemble/top1" in tags
+
+
 # Two steps: float32 reduction order differs between 2x2 (gloo) and 1x4 devices, and these
 # tiny networks amplify it (measured: 5e-7 after 2 steps, 7e-4 after 6); a wrong batch split
 # or a missing collective shows up at 1e-1.
