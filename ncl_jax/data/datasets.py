@@ -20,6 +20,7 @@ from ncl_jax.errors import ConfigError, DataError
 __all__ = [
     "DatasetInfo",
     "ResolvedDataset",
+    "class_names",
     "get_dataset_info",
     "long_tailed_counts",
     "long_tailed_indices",
@@ -75,7 +76,7 @@ def resolve(cfg: Any) -> ResolvedDataset:
         raise ConfigError(
             f"dataset.source={cfg.source!r} is unknown; use one of {sorted(readers)}."
         )
-    train, evals, counts = readers[cfg.source](cfg)
+    train, evals, counts, names = readers[cfg.source](cfg)
     _check_no_empty_class(counts, f"the training set of {cfg.name!r}")
     info = DatasetInfo(
         name=cfg.name,
@@ -83,12 +84,31 @@ def resolve(cfg: Any) -> ResolvedDataset:
         class_counts=counts,
         num_train=int(counts.sum()) if isinstance(train, sources.StreamedSplit) else len(train),
         num_eval=len(evals),
+        class_names=names,
     )
     info.class_counts.setflags(write=False)
     resolved = ResolvedDataset(info=info, train=train, eval=evals)
     if cfg.cache:
         _RESOLVED[key] = resolved
     return resolved
+
+
+def class_names(cfg: Any) -> tuple[str, ...] | None:
+    """Class names by label, read without decoding any image: the TFDS builder's label names
+    or the training folder's class folders; None for split lists, which carry numbers only.
+    Raises what `resolve` raises for a source that cannot be opened (it may download like
+    `resolve`: pass dataset.download=False to forbid that)."""
+    if cfg.source == "tfds":
+        builder = sources.open_builder(cfg)
+        sources.check_builder(builder, cfg)
+        return _label_names(builder)
+    if cfg.source == "image_folder" and cfg.image_root:
+        return tuple(sources.folder_split(os.path.join(cfg.image_root, cfg.train_split))[1])
+    return None
+
+
+def _label_names(builder: Any) -> tuple[str, ...]:
+    return tuple(str(name) for name in builder.info.features["label"].names)
 
 
 def _long_tail(split: sources.IndexedSplit, cfg: Any) -> sources.IndexedSplit:
@@ -135,7 +155,7 @@ def _resolve_tfds(cfg: Any):
         evals = sources.in_memory_split(builder, cfg.eval_split, cache=cfg.cache)
         _check_labels(train, cfg.num_classes, f"{cfg.name}/{cfg.train_split}")
         train = _long_tail(train, cfg)
-        return train, evals, _counts(train, cfg.num_classes)
+        return train, evals, _counts(train, cfg.num_classes), _label_names(builder)
     if cfg.imbalance_factor != 0:
         raise ConfigError(
             f"imbalance_factor={cfg.imbalance_factor} needs random access, which {cfg.name} "
@@ -153,7 +173,7 @@ def _resolve_tfds(cfg: Any):
         counts = np.bincount(labels, minlength=cfg.num_classes).astype(np.int64)
     else:
         counts = sources.builder_label_counts(builder, cfg.train_split, cfg.num_classes)
-    return train, evals, counts
+    return train, evals, counts, _label_names(builder)
 
 
 def _resolve_split_list(cfg: Any):
@@ -166,7 +186,7 @@ def _resolve_split_list(cfg: Any):
     train = sources.list_split(cfg.image_root, cfg.train_list, cfg.num_classes, "train_list")
     evals = sources.list_split(cfg.image_root, cfg.eval_list, cfg.num_classes, "eval_list")
     train = _long_tail(train, cfg)
-    return train, evals, _counts(train, cfg.num_classes)
+    return train, evals, _counts(train, cfg.num_classes), None
 
 
 def _resolve_image_folder(cfg: Any):
@@ -184,4 +204,4 @@ def _resolve_image_folder(cfg: Any):
         )
     evals, _ = sources.folder_split(os.path.join(cfg.image_root, cfg.eval_split), classes)
     train = _long_tail(train, cfg)
-    return train, evals, _counts(train, cfg.num_classes)
+    return train, evals, _counts(train, cfg.num_classes), tuple(classes)

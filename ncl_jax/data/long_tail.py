@@ -86,6 +86,8 @@ class DatasetInfo:
     class_counts: np.ndarray  # int64 [C] training images per class of the (long-tailed) subset
     num_train: int
     num_eval: int
+    # Class names by label where the source has them (TFDS label names, image-folder names).
+    class_names: tuple[str, ...] | None = None
 
     def group_masks(self, rule: str) -> dict[str, np.ndarray]:
         """Many / medium / few class masks (bool [C]) by training-image count.
