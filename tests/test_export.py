@@ -404,3 +404,20 @@ def test_export_and_predict_command_lines(run, tmp_path):
     ]
     assert not bad, bad
     assert "jax" in modules and "PIL.Image" in modules
+
+
+def test_restoring_under_another_config_is_refused_for_every_reader(run):
+    """Orbax restores saved shapes whatever the target; RunCheckpoints.restore (used by
+    training, evaluate, analyze and export) names the difference instead."""
+    from ncl_jax.errors import CheckpointError
+
+    workdir, config, _, _ = run
+    wider = tiny_config(num_experts=3)
+    wider.model.width = 8
+    step_cfg = builders.make_step_config(wider, class_counts=class_counts(), steps_per_epoch=2)
+    checkpoints = RunCheckpoints(workdir, read_only=True)
+    try:
+        with pytest.raises(CheckpointError, match=r"does not match the run's config \(\d+ arrays"):
+            checkpoints.restore("checkpoints", 6, builders.abstract_state(wider, step_cfg))
+    finally:
+        checkpoints.close()
