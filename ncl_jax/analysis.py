@@ -116,7 +116,7 @@ def analysis_pass(
     totals: list = [None] * len(states)
     kl_totals: dict = {}
     start, report_every = time.perf_counter(), max(1, (num_batches or 10) // 10)
-    seen = 0
+    seen, first_done = 0, start
     for batch in batches:
         log_probs = []
         for r, (step, state) in enumerate(zip(steps, replicated, strict=True)):
@@ -127,10 +127,15 @@ def analysis_pass(
             kl = pair_kl(log_probs[i], log_probs[j], batch)
             kl_totals[i, j] = kl if (i, j) not in kl_totals else _accumulate(kl_totals[i, j], kl)
         seen += 1
+        if seen == 1:  # the first batch includes compiling: the ETA uses the later ones
+            first_done = time.perf_counter()
         if progress is not None and num_batches and seen % report_every == 0:
-            elapsed = time.perf_counter() - start
-            eta = elapsed / seen * (num_batches - seen)
-            progress(f"analysis: {seen}/{num_batches} batches, {elapsed:.0f} s, ETA {eta:.0f} s")
+            now = time.perf_counter()
+            rate = (now - first_done) / (seen - 1) if seen > 1 else now - start
+            progress(
+                f"analysis: {seen}/{num_batches} batches, {now - start:.0f} s, "
+                f"ETA {rate * (num_batches - seen):.0f} s"
+            )
     if seen == 0:
         raise ValueError("the evaluation split is empty; check dataset.eval_split.")
     host = [unreplicate(t) for t in totals]

@@ -125,7 +125,7 @@ def analyze(
 
     from ncl_jax import analysis, data, host_devices, plots
     from ncl_jax.checkpointing import write_json_atomically
-    from ncl_jax.evaluate import eval_batches, load_run, read_run_config
+    from ncl_jax.evaluate import eval_batches, load_run, read_run_config, selection_note
 
     started = time.perf_counter()
     taus = tuple(taus) if taus else None
@@ -176,7 +176,12 @@ def analyze(
             {
                 "label": label,
                 "workdir": os.path.abspath(run.workdir),
-                "checkpoint": {"kind": run.kind, "step": run.step, "epoch": run.meta.get("epoch")},
+                "checkpoint": {
+                    "kind": run.kind,
+                    "step": run.step,
+                    "epoch": run.meta.get("epoch"),
+                    "selection": selection_note(run.kind, run.config),
+                },
                 "dataset": info.name,
                 "eval_split": run.config.dataset.eval_split,
                 "num_classes": info.num_classes,

@@ -160,6 +160,17 @@ def load_run(workdir: str, config, checkpoint: str | int | None = None) -> Loade
     return LoadedRun(workdir, config, info, step_cfg, state, kind, step, meta)
 
 
+def selection_note(kind: str, config) -> str:
+    """How a checkpoint kind was chosen, for the JSON (best_* are selected on the eval split,
+    as the paper and the official code do: the test set for CIFAR)."""
+    split = config.dataset.eval_split
+    if kind == "best_ensemble":
+        return f"the epoch with the best ensemble top-1 on the {split!r} split"
+    if kind == "best_single":
+        return f"the epoch with the best single-expert top-1 on the {split!r} split"
+    return "a periodic checkpoint (the final epoch once training finished); not selected"
+
+
 def eval_batches(config):
     """The evaluation split as device-sharded batches for however many devices are here."""
     from ncl_jax import data
@@ -199,7 +210,13 @@ def evaluate_workdir(
         taus=run.step_cfg.eval_taus,
         aggregation=run.step_cfg.eval_aggregation,
     )
-    return {"step": run.step, "checkpoint": run.kind, "epoch": run.meta.get("epoch"), **result}
+    return {
+        "step": run.step,
+        "checkpoint": run.kind,
+        "selection": selection_note(run.kind, config),
+        "epoch": run.meta.get("epoch"),
+        **result,
+    }
 
 
 def main(argv) -> None:

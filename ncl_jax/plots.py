@@ -192,7 +192,12 @@ def plot_kl_groups(analysis: dict, path: str) -> str | None:
     if not curves:
         return None
     rule = "official"
-    groups = ("all", *GROUP_ORDER)
+    # Groups without test images in every curve (CIFAR-10-LT has no few class) are left out.
+    groups = [
+        g
+        for g in ("all", *GROUP_ORDER)
+        if any(kl["groups"][rule][g] is not None for _, kl in curves)
+    ]
     fig = _figure(7, 4)
     ax = fig.add_subplot()
     width = 0.8 / len(curves)

@@ -159,6 +159,7 @@ def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     with open(workdir / "eval_12.json") as f:
         report = json.load(f)
     assert report["step"] == 12 and report["num_examples"] == 256
+    assert report["checkpoint"] == "checkpoints" and "not selected" in report["selection"]
     assert len(report["experts"]) == 3
     for entry in [*report["experts"], report["ensemble"], report["best_single"]]:
         assert set(entry) >= {"top1", "many", "medium", "few"}
@@ -185,6 +186,11 @@ def test_analyze_cli_matches_the_training_evaluation_and_writes_every_figure(
     assert body["schema_version"] == 1 and len(body["runs"]) == 2
     run = body["runs"][0]
     assert run["checkpoint"]["step"] == 12 and run["num_experts"] == 3
+    best = _run([*cmd, "--checkpoint=best_single", f"--out={tmp_path / 'best'}"], env)
+    assert best.returncode == 0, best.stderr[-3000:]
+    best_run = json.loads((tmp_path / "best" / "analysis.json").read_text())["runs"][0]
+    assert best_run["checkpoint"]["kind"] == "best_single"
+    assert "best single-expert top-1 on the 'test' split" in best_run["checkpoint"]["selection"]
     final = summary["final"]
     groups = run["groups"]["official"]  # the smoke config's group_rule
     np.testing.assert_allclose(groups["ensemble"]["top1"], final["ensemble"]["top1"])
