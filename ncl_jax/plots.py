@@ -362,17 +362,20 @@ def _save(fig, path: str) -> str:
     return path
 
 
+# The figures of a set of runs, by file name (confusion_<label>.png come on top, per run).
+FIGURES = {
+    "per_class_top1.png": plot_per_class,
+    "group_top1.png": plot_groups,
+    "fig1_kl_per_class.png": plot_kl_per_class,  # needs K >= 2 or two seeds of a recipe
+    "fig5a_hardest_negative.png": plot_hardest_negative,
+    "fig5b_kl_groups.png": plot_kl_groups,  # likewise
+    "reliability.png": plot_reliability,
+}
+
+
 def plot_all(analysis: dict, out_dir: str) -> list[str]:
     """Every figure of `analysis` into out_dir; returns the paths written."""
-    join = lambda name: os.path.join(out_dir, name)
-    written = [
-        plot_per_class(analysis, join("per_class_top1.png")),
-        plot_groups(analysis, join("group_top1.png")),
-        plot_kl_per_class(analysis, join("fig1_kl_per_class.png")),
-        plot_hardest_negative(analysis, join("fig5a_hardest_negative.png")),
-        plot_kl_groups(analysis, join("fig5b_kl_groups.png")),
-        plot_reliability(analysis, join("reliability.png")),
-    ]
+    written = [draw(analysis, os.path.join(out_dir, name)) for name, draw in FIGURES.items()]
     for run in analysis["runs"]:
-        written.append(plot_confusion(run, join(f"confusion_{run['label']}.png")))
+        written.append(plot_confusion(run, os.path.join(out_dir, f"confusion_{run['label']}.png")))
     return [p for p in written if p is not None]
