@@ -129,13 +129,16 @@ def analysis_pass(
         seen += 1
         if seen == 1:  # the first batch includes compiling: the ETA uses the later ones
             first_done = time.perf_counter()
-        if progress is not None and num_batches and seen % report_every == 0:
+        if progress is not None and num_batches and (seen % report_every == 0 or seen == 1):
             now = time.perf_counter()
-            rate = (now - first_done) / (seen - 1) if seen > 1 else now - start
-            progress(
-                f"analysis: {seen}/{num_batches} batches, {now - start:.0f} s, "
-                f"ETA {rate * (num_batches - seen):.0f} s"
-            )
+            if seen == 1:  # compiled and ran the first batch: no rate to extrapolate yet
+                progress(f"analysis: 1/{num_batches} batches (compiled), {now - start:.0f} s")
+            else:
+                rate = (now - first_done) / (seen - 1)
+                progress(
+                    f"analysis: {seen}/{num_batches} batches, {now - start:.0f} s, "
+                    f"ETA {rate * (num_batches - seen):.0f} s"
+                )
     if seen == 0:
         raise ValueError("the evaluation split is empty; check dataset.eval_split.")
     host = [unreplicate(t) for t in totals]

@@ -141,9 +141,12 @@ def analyze(
     labels = run_labels(workdirs)
     info = runs[0].info
     global_batch = data.eval_batch_for(configs[0].eval_batch_size, jax.device_count())
-    num_batches = math.ceil(info.num_eval / global_batch)
+    num_eval = info.num_eval
+    if configs[0].dataset.eval_max_examples > 0:  # the pipeline evaluates the first ones
+        num_eval = min(num_eval, int(configs[0].dataset.eval_max_examples))
+    num_batches = math.ceil(num_eval / global_batch)
     log(
-        f"analysing {len(runs)} run(s) on {info.num_eval} {info.name} images ({num_batches} "
+        f"analysing {len(runs)} run(s) on {num_eval} {info.name} images ({num_batches} "
         f"batches of {global_batch}) on {jax.device_count()} {jax.default_backend()} device(s)"
     )
     result = analysis.analysis_pass(

@@ -82,6 +82,7 @@ class Row:
     peak_rss_mb: float
     peak_device_mb: float | None
     repeats_ms: list[float]
+    step_memory_mb: float | None = None  # XLA's per-device estimate for the compiled step
 
 
 def rss_mb() -> tuple[float, float]:
@@ -109,9 +110,29 @@ def reset_peak_rss() -> None:
 
 def device_peak_mb() -> float | None:
     """Peak device memory of the first local device (GPU/TPU); None where not reported."""
-    stats = jax.local_devices()[0].memory_stats() or {}
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except (AttributeError, NotImplementedError, RuntimeError):  # backends without stats
+        stats = {}
     peak = stats.get("peak_bytes_in_use")
     return None if peak is None else peak / 2**20
+
+
+def compiled_memory_bytes(compiled) -> int | None:
+    """Device bytes one call of a compiled (pmapped: per device) executable needs, from XLA's
+    memory analysis: arguments + outputs + temporaries, less the donated bytes that outputs
+    reuse. None where the backend or JAX version does not report it."""
+    try:
+        stats = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if isinstance(stats, list | tuple):  # some versions give one entry per device
+        stats = stats[0] if stats else None
+    try:
+        total = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+        return int(total - getattr(stats, "alias_size_in_bytes", 0))
+    except (AttributeError, TypeError):
+        return None
 
 
 def synthetic_counts(config) -> np.ndarray:
@@ -137,22 +158,28 @@ def synthetic_batch(config, num_devices: int, seed: int = 0) -> dict[str, np.nda
     return batch
 
 
-def time_step(config, *, steps: int, warmup: int, repeats: int) -> Row:
-    """Compiles, warms up and times the pmapped train step of `config` on synthetic data."""
+def time_step(
+    config, *, steps: int, warmup: int, repeats: int, compiler_options: dict | None = None
+) -> Row:
+    """Compiles, warms up and times the pmapped train step of `config` on synthetic data.
+    compiler_options: XLA options for this compilation only (ncl_jax.device_check's reduced
+    CPU grid passes the fast-compile ones)."""
     devices = jax.local_devices()
     validate_config(config, num_devices=len(devices))
     counts = synthetic_counts(config)
     step_cfg = builders.make_step_config(
         config, class_counts=counts, steps_per_epoch=max(1, int(counts.sum()) // config.batch_size)
     )
-    jax.clear_caches()  # earlier rows' executables would count towards this row's peak
+    if hasattr(jax, "clear_caches"):  # earlier rows' executables would count in this row's peak
+        jax.clear_caches()
     gc.collect()
     reset_peak_rss()
     state = replicate(builders.create_state(config, step_cfg), devices)
     batch = jax.device_put(synthetic_batch(config, len(devices)))
     p_step = pmap_train_step(step_cfg, donate=True, devices=devices)
     start = time.perf_counter()
-    compiled = p_step.lower(state, batch).compile()
+    lowered = p_step.lower(state, batch)
+    compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
     compile_s = time.perf_counter() - start
     for _ in range(warmup):
         state, metrics = compiled(state, batch)
@@ -170,6 +197,7 @@ def time_step(config, *, steps: int, warmup: int, repeats: int) -> Row:
         raise FloatingPointError(f"non-finite loss {loss_sum / loss_count} in the benchmark.")
     _, peak = rss_mb()
     ms = statistics.median(timings)
+    step_bytes = compiled_memory_bytes(compiled)
     del state, compiled, p_step
     return Row(
         strategy=step_cfg.strategy,
@@ -184,6 +212,7 @@ def time_step(config, *, steps: int, warmup: int, repeats: int) -> Row:
         peak_rss_mb=peak,
         peak_device_mb=device_peak_mb(),
         repeats_ms=[round(t, 1) for t in timings],
+        step_memory_mb=None if step_bytes is None else step_bytes / 2**20,
     )
 
 

@@ -84,10 +84,26 @@ def _cluster_detected() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
+def train_reporting_oom(config, workdir: str, *, resume_step: int | None = None) -> dict:
+    """train_and_evaluate, with running out of device memory turned into one ConfigError
+    that names the batch size that failed and one that fits
+    (ncl_jax.memory_fit.out_of_memory_error). Nothing is saved on that path."""
+    from ncl_jax.memory_fit import out_of_memory_error, out_of_memory_phase
+    from ncl_jax.train import train_and_evaluate
+
+    try:
+        return train_and_evaluate(config, workdir, resume_step=resume_step)
+    except RuntimeError as err:
+        phase = out_of_memory_phase(err)
+        if phase is None:
+            raise
+    # Past the except block the traceback, and with it the failed step's buffers, is freed.
+    raise out_of_memory_error(config, phase=phase, workdir=workdir)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from ncl_jax.train import train_and_evaluate
 
     def run():
         _configure_cpu_devices()
@@ -101,7 +117,7 @@ def main(argv) -> None:
             jax.device_count(),
             jax.default_backend(),
         )
-        result = train_and_evaluate(
+        result = train_reporting_oom(
             flags.FLAGS.config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step
         )
         if jax.process_index() == 0:
