@@ -628,7 +628,13 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {a['fastest'] or '-'} | {a['resolve_strategy_auto']} | {agrees} |"
         )
     decided = [a for a in summary["auto_strategy"] if a["fastest"]]
-    if decided:
+    if decided and summary["meta"].get("fast_compile"):
+        lines += [
+            "",
+            "Compiled without optimisation (reduced CPU grid): these times do not rank the "
+            "strategies, so no `auto` choice follows from them.",
+        ]
+    elif decided:
         a = decided[0]
         at = f"{FAMILIES[a['family']].label} {a['shape']}"
         now = f"`resolve_strategy('auto', '{a['platform']}')` picks {a['resolve_strategy_auto']}"

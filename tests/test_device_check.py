@@ -589,6 +589,7 @@ def test_launcher_runs_the_reduced_grid_without_tensorflow_and_refuses_to_overwr
     assert summary["auto_strategy"][0]["fastest"] in ("vmap", "loop")
     md = (out / "device_check.md").read_text()
     assert md.count("| ok |") == 5 and "## `auto` expert strategy" in md
+    assert "no `auto` choice follows" in md and "should pick" not in md  # unoptimised times
     assert "| ok |" in result.stdout  # the table is printed too
 
     before = (out / "device_check.json").read_text()
