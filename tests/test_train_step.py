@@ -196,3 +196,35 @@ def test_logged_learning_rate_is_the_one_the_optimizer_applied():
     total, n = np.asarray(metrics["learning_rate"]).sum(0)
     assert total / n == pytest.approx(float(cfg.lr_schedule(count)))
     assert float(cfg.lr_schedule(count)) != pytest.approx(float(cfg.lr_schedule(0)))
+
+
+def test_bfloat16_step_keeps_state_loss_and_metrics_in_float32():
+    """model.dtype=bfloat16 computes the backbones in bf16 only: params, optimiser state,
+    BatchNorm statistics, EMA encoders, MoCo queue, loss and metrics stay float32. Checked on
+    the shapes of the whole step (traced under vmap with the pmap axis name, not compiled)."""
+    from ncl_jax.train_step import AXIS, train_step
+
+    config = tiny_config("paper")
+    config.model.dtype = "bfloat16"
+    cfg = builders.make_step_config(
+        config, class_counts=class_counts(), steps_per_epoch=STEPS_PER_EPOCH
+    )
+    state = builders.abstract_state(config, cfg)
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shard(global_batch(16), 2)
+    )
+    stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((2, *x.shape), x.dtype), state)
+    step = jax.vmap(functools.partial(train_step, cfg=cfg), axis_name=AXIS)
+    new_state, metrics = jax.eval_shape(step, stacked, batch)
+    assert cfg.expert.dtype == jnp.bfloat16  # the backbone does compute in bf16
+    floats = [
+        (jax.tree_util.keystr(path), leaf.dtype)
+        for path, leaf in jax.tree_util.tree_flatten_with_path((new_state, metrics))[0]
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    ]
+    assert floats and all(dtype == jnp.float32 for _, dtype in floats), [
+        f for f in floats if f[1] != jnp.float32
+    ]
+    names = {name for name, _ in floats}
+    for part in ("opt_state", "batch_stats", "ema_params", "queue", "['loss']", "['moco']"):
+        assert any(part in name for name in names), part
