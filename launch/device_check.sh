@@ -2,7 +2,8 @@
 # The prepared accelerator check (ncl_jax/device_check.py): times the NCL train step over a
 # grid of shapes within a wall-time budget and writes OUT_DIR/device_check.{json,md}.
 #   bash launch/device_check.sh OUT_DIR [--grid=auto|full|reduced] [--budget_s=420] [--overwrite]
-# On a CPU-only host `auto` runs the reduced grid (under a minute). The device image lacks
+# On a CPU-only host `auto` runs the reduced grid (under a minute). PYTHON selects the
+# interpreter (default: this checkout's .venv/bin/python if present, else python on PATH). The device image lacks
 # ml_collections: when it cannot be imported, the pure-Python wheels in .device_wheels/ are
 # put on PYTHONPATH (Python imports pure wheels as zip files); prepare them with
 #   pip download --no-deps -d .device_wheels ml-collections==1.1.0
@@ -15,7 +16,16 @@ case $out in
 esac
 command_line="launch/device_check.sh $out${*:+ $*}"
 cd "$(dirname "$0")/.."
-python=${PYTHON:-$(command -v python || command -v python3)}
+# The interpreter: $PYTHON, else this checkout's .venv, else python / python3 on PATH.
+if [ -n "${PYTHON:-}" ]; then python=$PYTHON
+elif [ -x .venv/bin/python ]; then python=$PWD/.venv/bin/python
+else python=$(command -v python || command -v python3)
+fi
+if ! "$python" -c "import jax" 2>/dev/null; then
+  echo "error: $python cannot import jax; set PYTHON=/path/to/the/venv/bin/python" \
+    "(the environment with jax, flax, optax and orbax)." >&2
+  exit 2
+fi
 if ! "$python" -c "import ml_collections" 2>/dev/null; then
   shopt -s nullglob
   wheels=(.device_wheels/*.whl)

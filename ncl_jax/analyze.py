@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 
@@ -47,24 +46,28 @@ _SAME_EVAL_DATA = (
 _NOT_RECIPE = ("seed", "cpu_devices", "eval_tau", "eval_aggregation", "dataset.data_dir")
 
 
-def check_out_dir(out: str, *, overwrite: bool) -> None:
-    """--out must be writable (or creatable) and must not hold an earlier analysis (unless
-    --overwrite); checked before any compute and without creating anything, so bad input
-    never costs an evaluation nor leaves a trace."""
+def prepare_out_dir(out: str, *, overwrite: bool) -> bool:
+    """Makes --out (if missing) and checks that a file can be written in it, before any
+    evaluation; refuses an --out that holds an earlier analysis unless --overwrite. Returns
+    whether the directory was created here (so a failure later can remove it again)."""
     from ncl_jax.errors import ConfigError
 
     if os.path.exists(os.path.join(out, ANALYSIS_FILE)) and not overwrite:
         raise ConfigError(
             f"{out} already holds {ANALYSIS_FILE}; choose a new --out or pass --overwrite."
         )
-    existing = os.path.abspath(out)
-    while not os.path.exists(existing):  # the nearest existing ancestor must be writable
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    created = not os.path.isdir(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        if created and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)
         raise ConfigError(
-            f"--out={out} cannot be written ({existing} is not a writable directory); "
-            "choose a directory you can write."
-        )
+            f"--out={out} cannot be written ({err.strerror}); choose a directory you can write."
+        ) from None
+    return created
 
 
 def check_same_eval_data(configs: list, workdirs: list[str]) -> None:
@@ -121,11 +124,7 @@ def analyze(
     Raises ConfigError / CheckpointError / DataError (one line each) before any evaluation
     for a bad --out, a workdir without config or checkpoint, runs on different datasets or a
     checkpoint that does not match its config. Returns the analysis.json object."""
-    import jax
-
-    from ncl_jax import analysis, data, host_devices, plots
-    from ncl_jax.checkpointing import write_json_atomically
-    from ncl_jax.evaluate import eval_batches, load_run, read_run_config, selection_note
+    from ncl_jax.evaluate import read_run_config
 
     started = time.perf_counter()
     taus = tuple(taus) if taus else None
@@ -133,7 +132,23 @@ def analyze(
         taus = (0.0, *taus)  # raw logits first, as in every evaluation JSON
     configs = [read_run_config(w, aggregation=aggregation, taus=taus) for w in workdirs]
     check_same_eval_data(configs, workdirs)
-    check_out_dir(out, overwrite=overwrite)
+    created = prepare_out_dir(out, overwrite=overwrite)
+    try:
+        return _analyze(workdirs, configs, out, checkpoint=checkpoint, started=started, log=log)
+    except BaseException:
+        if created and not os.listdir(out):  # leave no trace of a failed analysis
+            os.rmdir(out)
+        raise
+
+
+def _analyze(workdirs, configs, out, *, checkpoint, started, log) -> dict:
+    import jax
+
+    from ncl_jax import analysis, data, host_devices, plots
+    from ncl_jax.checkpointing import write_json_atomically
+    from ncl_jax.cli import command_line
+    from ncl_jax.evaluate import eval_batches, load_run, selection_note
+
     host_devices.configure(
         int(configs[0].get("cpu_devices", -1)), batch_sizes=(int(configs[0].eval_batch_size),)
     )
@@ -160,7 +175,7 @@ def analyze(
     body = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "runs": [],
         "kl_between_runs": [],
     }
@@ -206,7 +221,6 @@ def analyze(
             }
         )
     plot_start = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".analysis-", dir=out)
     try:
         written = plots.plot_all(body, staging)
@@ -241,6 +255,17 @@ def format_summary(body: dict) -> str:
             f"{run['hardest_negative']['mean']['ensemble']:9.3f}"
         )
     lines.append("(ensemble; groups by the paper rule; HN: hardest negative probability)")
+    from ncl_jax.plots import setting_caption
+
+    lines.append(setting_caption(body))
+    for tau in list(body["runs"][0]["logit_adjusted"])[1:]:
+        lines.append(
+            f"logit adjustment tau={tau}: "
+            + ", ".join(
+                f"{run['label']} {run['logit_adjusted'][tau]['ensemble']:.2f}"
+                for run in body["runs"]
+            )
+        )
     pairs = body["runs"][0]["confused_pairs"] or []
     if pairs:
         lines.append(
@@ -255,7 +280,7 @@ def main(argv) -> None:
     from absl import flags
 
     from ncl_jax.checkpointing import parse_checkpoint
-    from ncl_jax.cli import run_cli
+    from ncl_jax.cli import parse_numbers, run_cli
 
     f = flags.FLAGS
     run_cli(
@@ -264,7 +289,7 @@ def main(argv) -> None:
             f.out,
             checkpoint=parse_checkpoint(f.checkpoint),
             aggregation=f.aggregation,
-            taus=tuple(float(t) for t in f.tau) if f.tau else None,
+            taus=parse_numbers(f.tau, "tau"),
             overwrite=f.overwrite,
         )
     )

@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from ncl_jax import builders, host_devices
@@ -312,8 +312,6 @@ def run(
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from ncl_jax.cli import run_cli
 
     def go():

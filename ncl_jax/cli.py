@@ -103,15 +103,52 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
         sys.exit(2)
 
 
+def parse_numbers(values: Sequence[str] | None, flag: str) -> tuple[float, ...] | None:
+    """A list flag of numbers (e.g. --tau=0.5,1) as floats; ConfigError for anything else."""
+    if not values:
+        return None
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise ConfigError(
+            f"--{flag}={','.join(values)}: give numbers separated by commas, e.g. 0.5,1."
+        ) from None
+
+
+def reject_arguments(argv: Sequence[str]) -> None:
+    """ConfigError for positional arguments given to a program that takes --flags only."""
+    if len(argv) > 1:
+        raise ConfigError(
+            f"unexpected arguments {' '.join(argv[1:])}: this program takes --flags only "
+            "(see --help)."
+        )
+
+
+def command_line() -> str:
+    """The command that started this program, as a user would type it again: `python -m
+    ncl_jax.X ...` for a module, the script's name for a console script."""
+    import shlex
+
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is not None and spec.name:
+        program = ["python", "-m", spec.name.removesuffix(".__main__")]
+    else:
+        program = [sys.argv[0].rsplit("/", 1)[-1]]
+    return shlex.join([*program, *sys.argv[1:]])
+
+
 def run_app(
     main: Callable[[list[str]], None],
     *,
     define_flags: Callable[[], None] | None = None,
     required: Sequence[str] = (),
+    takes_arguments: bool = False,
 ) -> None:
     """absl's app.run with `parse_flags`: what every console script and `-m` module calls.
     Programs define their flags in `define_flags`, not at import, so that modules can be
-    imported side by side (the training loop imports evaluate, tests import them all)."""
+    imported side by side (the training loop imports evaluate, tests import them all).
+    Unless `takes_arguments`, a positional argument is one `error:` line (a forgotten `--`
+    would otherwise be ignored silently)."""
     # absl's --help prints the __main__ module's docstring: for a console script that is a
     # generated stub, so show the program's own (its commands and what it does).
     main_module = sys.modules["__main__"]
@@ -122,7 +159,13 @@ def run_app(
     if required:
         flags.mark_flags_as_required(list(required))
     _show_in_help(flags.FLAGS)
-    app.run(main, flags_parser=parse_flags)
+
+    def checked_main(argv: list[str]) -> None:
+        if not takes_arguments:
+            run_cli(lambda: reject_arguments(argv))
+        main(argv)
+
+    app.run(checked_main, flags_parser=parse_flags)
 
 
 def _show_in_help(flag_values: flags.FlagValues) -> None:

@@ -154,7 +154,7 @@ def cli() -> None:
     """Console script `ncl-curves`: the same as `python -m ncl_jax.curves`."""
     from ncl_jax.cli import run_app
 
-    run_app(main, define_flags=_define_flags)
+    run_app(main, define_flags=_define_flags, takes_arguments=True)
 
 
 if __name__ == "__main__":

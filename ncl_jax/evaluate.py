@@ -223,11 +223,10 @@ def main(argv) -> None:
     del argv
     from absl import flags
 
-    from ncl_jax.cli import run_cli
+    from ncl_jax.cli import parse_numbers, run_cli
 
     f = flags.FLAGS
-    taus = tuple(float(t) for t in f.tau) if f.tau else None
-    run_cli(lambda: _print_and_write(f.workdir, f.step, f.aggregation, taus))
+    run_cli(lambda: _print_and_write(f.workdir, f.step, f.aggregation, parse_numbers(f.tau, "tau")))
 
 
 def _print_and_write(workdir: str, step: int | None, aggregation, taus) -> None:

@@ -373,6 +373,9 @@ def export_workdir(
             "checkpoint_epoch": meta.get("epoch"),
             "dataset": config.dataset.name,
             "backbone": config.model.backbone,
+            # -1: the backbone's standard depth / width (e.g. ResNet-32: 5 blocks, width 16).
+            "depth": int(config.model.depth),
+            "width": int(config.model.width),
             "variant": config.get("variant"),
         },
         "jax_version": jax.__version__,
@@ -408,8 +411,6 @@ def main(argv) -> None:
     f = flags.FLAGS
 
     def work() -> None:
-        if len(argv) > 1:
-            raise ConfigError(f"unexpected arguments {argv[1:]}; export takes flags only.")
         metadata = export_workdir(
             f.workdir, f.out, expert=f.expert, checkpoint=f.checkpoint, platforms=f.platforms
         )

@@ -17,7 +17,7 @@ import json
 import os
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from ncl_jax import host_devices
@@ -102,8 +102,6 @@ def train_reporting_oom(config, workdir: str, *, resume_step: int | None = None)
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
     def run():
         _configure_cpu_devices()

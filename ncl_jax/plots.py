@@ -28,6 +28,26 @@ def _figure(width: float, height: float):
     return fig
 
 
+AGGREGATION_NAMES = {"mean_logits": "mean of logits", "mean_probs": "mean of probabilities"}
+
+
+def setting_caption(analysis: dict) -> str:
+    """Which checkpoints and ensemble rule the figures show, e.g. "checkpoint: latest (step
+    2895, epoch 15); ensemble: mean of logits"."""
+    parts = []
+    for run in analysis["runs"]:
+        ckpt = run.get("checkpoint") or {}
+        kind = {"checkpoints": "latest"}.get(ckpt.get("kind"), ckpt.get("kind", "?"))
+        parts.append(f"{kind} (step {ckpt.get('step', '?')}, epoch {ckpt.get('epoch', '?')})")
+    checkpoints = parts[0] if len(set(parts)) == 1 else "; ".join(parts)
+    aggregation = AGGREGATION_NAMES.get(analysis["runs"][0].get("aggregation"), "?")
+    return f"checkpoint: {checkpoints}; ensemble: {aggregation}"
+
+
+def _caption(fig, analysis: dict) -> None:
+    fig.suptitle(setting_caption(analysis), fontsize=7, color="0.35")
+
+
 def _colors(n: int) -> list:
     from matplotlib import colormaps
 
@@ -105,6 +125,7 @@ def plot_per_class(analysis: dict, path: str) -> str:
     ax = fig.add_subplot()
     _draw_per_class(ax, runs)
     ax.set_title(f"Per-class top-1 on {runs[0]['eval_split']}, {runs[0]['dataset']}")
+    _caption(fig, analysis)
     return _save(fig, path)
 
 
@@ -137,6 +158,7 @@ def plot_groups(analysis: dict, path: str) -> str:
         ax.grid(axis="y", alpha=0.3)
     fig.axes[0].set_ylabel("top-1 (%)")
     fig.axes[0].legend(fontsize=7)
+    _caption(fig, analysis)
     return _save(fig, path)
 
 
@@ -183,6 +205,7 @@ def plot_kl_per_class(analysis: dict, path: str) -> str | None:
     _class_axis(ax, order, first["class_names"], counts)
     ax.legend(fontsize=8)
     ax.set_title("KL divergence between two networks' predictions per class (paper Fig. 1)")
+    _caption(fig, analysis)
     return _save(fig, path)
 
 
@@ -213,6 +236,7 @@ def plot_kl_groups(analysis: dict, path: str) -> str | None:
     )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    _caption(fig, analysis)
     return _save(fig, path)
 
 
@@ -239,6 +263,7 @@ def plot_hardest_negative(analysis: dict, path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Score of the hardest negative class, ensemble (paper Fig. 5a)")
+    _caption(fig, analysis)
     return _save(fig, path)
 
 
@@ -276,6 +301,7 @@ def plot_reliability(analysis: dict, path: str) -> str:
         ax.grid(alpha=0.3)
     for ax in axes[::columns]:
         ax.set_ylabel("accuracy in the confidence bin")
+    _caption(fig, analysis)
     return _save(fig, path)
 
 

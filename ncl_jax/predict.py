@@ -186,7 +186,7 @@ def cli() -> None:
     """Console script `ncl-predict`: the same as `python -m ncl_jax.predict`."""
     from ncl_jax.cli import run_app
 
-    run_app(main, define_flags=_define_flags, required=("model",))
+    run_app(main, define_flags=_define_flags, required=("model",), takes_arguments=True)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def cli() -> None:
     """Console script `ncl-report`: the same as `python -m ncl_jax.report`."""
     from ncl_jax.cli import run_app
 
-    run_app(main, define_flags=_define_flags)
+    run_app(main, define_flags=_define_flags, takes_arguments=True)
 
 
 if __name__ == "__main__":

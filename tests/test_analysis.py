@@ -199,6 +199,8 @@ def _analysis_json():
         "num_experts": K,
         "class_names": [f"c{i}" for i in range(C)],
         "best_expert": 1,
+        "checkpoint": {"kind": "checkpoints", "step": 6, "epoch": 3},
+        "aggregation": "mean_logits",
         **_summary(),
     }
     single = {**run, "label": "toy_k1", "num_experts": 1, "kl_experts": None}
@@ -225,6 +227,9 @@ def test_every_figure_is_drawn_from_the_json(tmp_path):
         "toy vs toy_k1 (two seeds)",
     ]
     json.dumps(body)  # every plotted number is JSON-serialisable
+    assert plots.setting_caption(body) == (
+        "checkpoint: latest (step 6, epoch 3); ensemble: mean of logits"
+    )
 
 
 def test_head_to_tail_order_is_by_training_count_then_index():
@@ -274,7 +279,10 @@ def test_bad_input_is_one_error_before_any_compute_and_nothing_is_written(tmp_pa
     readonly.chmod(0o500)
     if not os.access(readonly, os.W_OK):  # root may write anywhere
         with pytest.raises(ConfigError, match="cannot be written"):
-            analyze.check_out_dir(str(readonly / "sub"), overwrite=False)
+            analyze.prepare_out_dir(str(readonly / "sub"), overwrite=False)
+    if os.path.isdir("/proc/self"):  # cannot be created even by root: refused before compute
+        with pytest.raises(ConfigError, match="--out=/proc/ncl_x cannot be written"):
+            analyze.prepare_out_dir("/proc/ncl_x", overwrite=False)
     with pytest.raises(ConfigError, match="--checkpoint='newest' is not valid"):
         checkpointing.parse_checkpoint("newest")
     assert checkpointing.parse_checkpoint("120") == 120

@@ -92,7 +92,20 @@ def test_run_cli_turns_input_errors_into_one_line_and_keeps_bugs_as_tracebacks(c
 
 
 @pytest.mark.parametrize(
-    "module", ["ncl_jax.main", "ncl_jax.evaluate", "ncl_jax.benchmark", "ncl_jax.pretrained"]
+    "module",
+    [
+        "ncl_jax.main",
+        "ncl_jax.evaluate",
+        "ncl_jax.analyze",
+        "ncl_jax.export",
+        "ncl_jax.predict",
+        "ncl_jax.curves",
+        "ncl_jax.benchmark",
+        "ncl_jax.device_check",
+        "ncl_jax.pretrained",
+        "ncl_jax.sweep",
+        "ncl_jax.report",
+    ],
 )
 def test_every_entry_point_has_a_console_script_that_starts_through_parse_flags(module):
     import tomllib
@@ -188,3 +201,24 @@ def test_resuming_a_step_of_a_fresh_workdir_is_one_error_and_creates_nothing(tmp
     with pytest.raises(CheckpointError, match="has no checkpoints to resume"):
         train_and_evaluate(_smoke(), str(tmp_path / "fresh"), resume_step=3)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_number_lists_positional_arguments_and_the_recorded_command(monkeypatch):
+    assert cli.parse_numbers(["0", "0.5", "1"], "tau") == (0.0, 0.5, 1.0)
+    assert cli.parse_numbers([], "tau") is None
+    with pytest.raises(ConfigError, match=r"--tau=abc: give numbers separated by commas"):
+        cli.parse_numbers(["abc"], "tau")  # was a ValueError traceback
+    cli.reject_arguments(["ncl-analyze"])
+    with pytest.raises(ConfigError, match="unexpected arguments extra: this program takes"):
+        cli.reject_arguments(["ncl-analyze", "extra"])  # was silently ignored
+    import sys
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="ncl_jax.analyze")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["/repo/ncl_jax/analyze.py", "--out=a b"])
+    assert cli.command_line() == "python -m ncl_jax.analyze '--out=a b'"
+    main.__spec__ = None
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ncl-analyze", "--out=x"])
+    assert cli.command_line() == "ncl-analyze --out=x"

@@ -120,6 +120,7 @@ def test_exported_expert_equals_eval_step_at_any_batch_size(run, exported):
     assert sorted(os.listdir(out)) == [export.ARTEFACT, export.METADATA]
     # Default: the best_single checkpoint, and its best expert from the metadata (expert 1).
     assert metadata["source"]["checkpoint_kind"] == "best_single"
+    assert (metadata["source"]["depth"], metadata["source"]["width"]) == (1, 4)  # tiny_config
     assert (
         metadata["source"]["checkpoint_step"] == 4 and metadata["source"]["checkpoint_epoch"] == 2
     )
