@@ -864,18 +864,16 @@ def main(argv) -> None:
     from ncl_jax.cli import run_cli
 
     f = flags.FLAGS
-    run_cli(
-        lambda: run(
-            out_dir=f.out or "",
-            grid_kind=f.grid,
-            budget_s=f.budget_s,
-            overwrite=f.overwrite,
-            strategies=f.strategies,
-            dtypes=f.dtypes,
-            list_only=f.list,
-            start=start,
-        )
-    )
+    settings = {  # run()'s parameter for each flag
+        "out_dir": f.out or "",
+        "grid_kind": f.grid,
+        "budget_s": f.budget_s,
+        "overwrite": f.overwrite,
+        "strategies": f.strategies,
+        "dtypes": f.dtypes,
+        "list_only": f.list,
+    }
+    run_cli(lambda: run(**settings, start=start))
 
 
 def cli() -> None:

@@ -368,22 +368,11 @@ def test_export_and_predict_command_lines(run, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     out = tmp_path / "model"
-    done = subprocess.run(
-        [sys.executable, "-m", "ncl_jax.export", f"--workdir={run[0]}", f"--out={out}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    export_cmd = [sys.executable, "-m", "ncl_jax.export", f"--workdir={run[0]}", f"--out={out}"]
+    done = subprocess.run(export_cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "expert 1 of 3 (top-1 30.00% on test) from best_single/4" in done.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "ncl_jax.export", f"--workdir={run[0]}", f"--out={out}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    again = subprocess.run(export_cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error: ")
     paths = [_write_png(tmp_path / f"{i}.png", _images(1, seed=i)[0]) for i in range(2)]
     done = subprocess.run(
