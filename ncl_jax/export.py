@@ -141,8 +141,8 @@ def choose_expert(
 
 # ----------------------------------------------------------------------------- the function
 def normalization_constants(name: str) -> tuple[list[float], list[float]]:
-    """(mean, std) of a normalisation in `ncl_jax.data.augment.NORMALIZATION` (ConfigError)."""
-    from ncl_jax.data.augment import NORMALIZATION
+    """(mean, std) of a named normalisation (`ncl_jax.data.normalization`; ConfigError)."""
+    from ncl_jax.data.normalization import NORMALIZATION
 
     if name not in NORMALIZATION:
         raise ConfigError(

@@ -20,12 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from ncl_jax.data import augment_ops as ops
-
-NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "inat": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
-}
+from ncl_jax.data.normalization import NORMALIZATION
 
 _GRAY_FILL = (128.0, 128.0, 128.0)
 # timm's img_mean fill: round(255 * ImageNet mean), as in the official ImageNet-LT/iNat recipe.
