@@ -97,6 +97,11 @@ def same_recipe(a, b) -> bool:
     return flat(a) == flat(b)
 
 
+def compare_list(values: list[str]) -> list[str]:
+    """--compare given once with commas, repeated, or both, as one list of workdirs."""
+    return [w for value in values or [] for w in value.split(",") if w]
+
+
 def run_labels(workdirs: list[str]) -> list[str]:
     """File-name-safe, unique labels from the workdirs' base names."""
     labels = []
@@ -285,7 +290,7 @@ def main(argv) -> None:
     f = flags.FLAGS
     run_cli(
         lambda: analyze(
-            [f.workdir, *(f.compare or [])],
+            [f.workdir, *compare_list(f.compare)],
             f.out,
             checkpoint=parse_checkpoint(f.checkpoint),
             aggregation=f.aggregation,
@@ -299,7 +304,9 @@ def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("workdir", None, "The run to analyse (training workdir).")
-    flags.DEFINE_list("compare", [], "Runs to overlay, evaluated on the same data.")
+    flags.DEFINE_multi_string(
+        "compare", [], "Runs to overlay, evaluated on the same data (repeat it, or a,b,c)."
+    )
     flags.DEFINE_string(
         "checkpoint", None, "latest (default) | best_ensemble | best_single | a step number."
     )

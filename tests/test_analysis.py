@@ -297,5 +297,9 @@ def test_workdir_without_checkpoints_names_the_fix(tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_compare_accepts_commas_and_repetition():
+    assert analyze.compare_list(["a,b", "c"]) == ["a", "b", "c"] and analyze.compare_list([]) == []
+
+
 def test_labels_are_unique_and_file_safe():
     assert analyze.run_labels(["a/ncl", "b/ncl/", "c/x y"]) == ["ncl", "ncl_2", "x_y"]
