@@ -14,7 +14,7 @@ import types
 import jax
 import pytest
 
-from ncl_jax import benchmark, cli, main, memory_fit
+from ncl_jax import benchmark, cli, device_grid, device_report, main, memory_fit
 from ncl_jax import device_check as dc
 from ncl_jax.errors import ConfigError
 from tests.tiny import smoke_config
@@ -50,7 +50,7 @@ class FakeClock:
 
 
 def test_full_grid_puts_the_recipe_shape_and_resnet50_first_and_holds_every_combination():
-    grid = dc.make_grid("full")
+    grid = device_grid.make_grid("full")
     names = [s.name for s in grid.specs]
     assert len(names) == len(set(names)) == 48 + 4
     assert names[:5] == [
@@ -81,7 +81,7 @@ def test_full_grid_puts_the_recipe_shape_and_resnet50_first_and_holds_every_comb
 
 
 def test_reduced_grid_covers_each_axis_in_five_tiny_rows():
-    grid = dc.make_grid("reduced")
+    grid = device_grid.make_grid("reduced")
     assert [s.name for s in grid.specs] == [
         "cifar100_tiny-b16-k2-moco-fp32-vmap",
         "cifar100_tiny-b16-k2-moco-fp32-loop",
@@ -89,7 +89,7 @@ def test_reduced_grid_covers_each_axis_in_five_tiny_rows():
         "cifar100_tiny-b16-k2-moco-bf16-vmap",
         "cifar100_tiny-b16-k1-moco-fp32-vmap",
     ]
-    config = dc.build_config(grid.specs[2])
+    config = device_grid.build_config(grid.specs[2])
     assert config.model.backbone == "resnet50" and config.dataset.image_size == 32
     assert (config.model.depth, config.model.width, config.batch_size) == (1, 4, 8)
     assert grid.timing["cifar100_tiny"] == {"steps": 2, "warmup": 1, "repeats": 1}
@@ -98,12 +98,12 @@ def test_reduced_grid_covers_each_axis_in_five_tiny_rows():
 def test_every_full_grid_row_is_a_valid_config_of_its_recipe_file():
     from ncl_jax.config_utils import validate_config
 
-    for spec in dc.make_grid("full").specs:
-        config = dc.build_config(spec)
+    for spec in device_grid.make_grid("full").specs:
+        config = device_grid.build_config(spec)
         validate_config(config, num_devices=1)
         assert (config.batch_size, config.model.num_experts) == (spec.batch_size, spec.num_experts)
         assert (config.model.expert_strategy, config.model.dtype) == (spec.strategy, spec.dtype)
-    big = dc.build_config(dc.make_grid("full").mains["imagenet"])
+    big = device_grid.build_config(device_grid.make_grid("full").mains["imagenet"])
     assert (big.model.backbone, big.dataset.image_size, big.moco.enabled) == (
         "resnet50",
         224,
@@ -115,7 +115,7 @@ def test_every_full_grid_row_is_a_valid_config_of_its_recipe_file():
 
 
 def test_rows_that_would_end_past_the_budget_are_skipped_and_listed():
-    grid = dc.make_grid("reduced")  # first guesses: 10 s (ResNet-32), 15 s (ResNet-50)
+    grid = device_grid.make_grid("reduced")  # first guesses: 10 s (ResNet-32), 15 s (ResNet-50)
     clock, measured = FakeClock(), []
 
     def measure(spec):
@@ -128,7 +128,7 @@ def test_rows_that_would_end_past_the_budget_are_skipped_and_listed():
     assert measured == [s.name for s in grid.specs[:3]]  # 10 + 10 + 15 <= 35
     assert records[3]["reason"] == "budget: 30 s used + ~10 s for this row > 35 s"
     assert records[1]["estimate_s"] == 10.0  # measured row 0 (same network, K and MoCo)
-    summary = dc.summarize(
+    summary = device_report.summarize(
         records,
         grid,
         meta={"backend": "cpu"},
@@ -142,7 +142,7 @@ def test_rows_that_would_end_past_the_budget_are_skipped_and_listed():
 
 
 def test_estimate_uses_the_slowest_matching_row_then_the_network_then_the_first_guess():
-    spec = dc.Spec("cifar100", 64, 1, False, "vmap", "float32")
+    spec = device_grid.Spec("cifar100", 64, 1, False, "vmap", "float32")
     first = {"cifar100": 60.0}
     done = [
         {"status": "ok", "family": "cifar100", "num_experts": 3, "moco": True, "wall_s": 40.0},
@@ -161,12 +161,12 @@ def test_estimate_uses_the_slowest_matching_row_then_the_network_then_the_first_
 
 
 def _grid(*specs):
-    return dc.Grid("full", specs, {}, {}, {"cifar100": 1.0, "imagenet": 1.0})
+    return device_grid.Grid("full", specs, {}, {}, {"cifar100": 1.0, "imagenet": 1.0})
 
 
 def test_an_oom_row_names_the_largest_measured_batch_and_the_run_goes_on():
-    small, big = (dc.Spec("cifar100", b, 3, True, "vmap", "float32") for b in (64, 512))
-    other = dc.Spec("cifar100", 128, 1, True, "vmap", "float32")
+    small, big = (device_grid.Spec("cifar100", b, 3, True, "vmap", "float32") for b in (64, 512))
+    other = device_grid.Spec("cifar100", 128, 1, True, "vmap", "float32")
 
     def measure(spec):
         if spec.batch_size == 512:
@@ -191,7 +191,7 @@ def test_an_oom_row_names_the_largest_measured_batch_and_the_run_goes_on():
 
 
 def test_an_oom_row_without_a_smaller_measured_batch_asks_the_estimate():
-    spec = dc.Spec("imagenet", 128, 3, False, "vmap", "bfloat16")
+    spec = device_grid.Spec("imagenet", 128, 3, False, "vmap", "bfloat16")
 
     def measure(spec):
         raise RuntimeError(f"XlaRuntimeError: {OOM}")
@@ -388,7 +388,9 @@ def test_memory_figures_fall_back_to_none_where_jax_does_not_report_them(monkeyp
 def test_projection_arithmetic_matches_the_hand_computed_recipes():
     # CIFAR-100-LT IF100: 10,847 // 64 = 169 steps/epoch, 400 epochs = 67,600 steps; at
     # 10 ms/step (6,400 img/s) that is 676 s.
-    cifar = dc.projection(train_images=10_847, epochs=400, batch_size=64, img_per_s=6400.0)
+    cifar = device_report.projection(
+        train_images=10_847, epochs=400, batch_size=64, img_per_s=6400.0
+    )
     assert cifar == {
         "steps_per_epoch": 169,
         "total_steps": 67_600,
@@ -397,21 +399,23 @@ def test_projection_arithmetic_matches_the_hand_computed_recipes():
     }
     # ImageNet-LT: 115,846 // 256 = 452, 200 epochs = 90,400 steps = 23,142,400 images; at
     # 1,000 img/s (e.g. 128 ms/step at batch 128) that is 23,142.4 s.
-    inlt = dc.projection(train_images=115_846, epochs=200, batch_size=256, img_per_s=1000.0)
+    inlt = device_report.projection(
+        train_images=115_846, epochs=200, batch_size=256, img_per_s=1000.0
+    )
     assert (inlt["steps_per_epoch"], inlt["total_steps"], inlt["projected_s"]) == (
         452,
         90_400,
         23_142.4,
     )
-    assert dc.recipe_settings("cifar100", "paper") == {
+    assert device_report.recipe_settings("cifar100", "paper") == {
         "config": "configs/cifar100_lt.py:paper",
         "epochs": 400,
         "batch_size": 64,
         "num_experts": 3,
         "moco": True,
     }
-    assert dc.recipe_settings("imagenet", "official")["epochs"] == 200
-    assert dc.recipe_settings("imagenet", "official")["batch_size"] == 256
+    assert device_report.recipe_settings("imagenet", "official")["epochs"] == 200
+    assert device_report.recipe_settings("imagenet", "official")["batch_size"] == 256
 
 
 def _records(grid, ms: dict[str, float]) -> list[dict]:
@@ -427,7 +431,7 @@ def _records(grid, ms: dict[str, float]) -> list[dict]:
 
 
 def test_projections_and_auto_choice_use_the_fastest_strategy_of_the_recipe_shape():
-    grid = dc.make_grid("full")
+    grid = device_grid.make_grid("full")
     records = _records(
         grid,
         {
@@ -436,7 +440,7 @@ def test_projections_and_auto_choice_use_the_fastest_strategy_of_the_recipe_shap
             "imagenet-b128-k3-nomoco-fp32-vmap": 128.0,
         },
     )
-    projections = {(p["recipe"], p["dtype"]): p for p in dc.projections(records, grid)}
+    projections = {(p["recipe"], p["dtype"]): p for p in device_report.projections(records, grid)}
     paper = projections[("CIFAR-100-LT IF100, paper (MoCo)", "float32")]
     assert paper["row"] == "cifar100-b64-k3-moco-fp32-loop"
     assert paper["projected_s"] == pytest.approx(676.0)  # 67,600 steps x 10 ms
@@ -446,18 +450,20 @@ def test_projections_and_auto_choice_use_the_fastest_strategy_of_the_recipe_shap
     assert "applied to the recipe's batch 256" in inlt["note"]
     assert projections[("CIFAR-100-LT IF100, paper (MoCo)", "bfloat16")]["row"] is None
 
-    choice = dc.auto_choice(records, grid, "gpu")[0]
+    choice = device_report.auto_choice(records, grid, "gpu")[0]
     assert choice["ms_per_step"] == {"vmap": 12.0, "loop": 10.0}
     assert (choice["fastest"], choice["resolve_strategy_auto"], choice["agrees"]) == (
         "loop",
         "vmap",
         False,
     )
-    assert dc.auto_choice(records, grid, "cpu")[0]["agrees"] is None  # cpu_loop not measured
+    assert (
+        device_report.auto_choice(records, grid, "cpu")[0]["agrees"] is None
+    )  # cpu_loop not measured
 
 
 def test_json_and_markdown_hold_rows_projections_auto_choice_and_what_was_trimmed(tmp_path):
-    grid = dc.make_grid("full")
+    grid = device_grid.make_grid("full")
     records = _records(
         grid, {"cifar100-b64-k3-moco-fp32-vmap": 12.0, "cifar100-b64-k3-moco-fp32-loop": 10.0}
     )[:10]
@@ -473,10 +479,10 @@ def test_json_and_markdown_hold_rows_projections_auto_choice_and_what_was_trimme
         "python": "3.12.3",
         "grid": "full",
     }
-    summary = dc.summarize(
+    summary = device_report.summarize(
         records, grid, meta=meta, budget_s=420.0, elapsed_s=400.0, complete=False
     )
-    dc.write_outputs(str(tmp_path), summary)
+    device_report.write_outputs(str(tmp_path), summary)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.json", "device_check.md"]
     loaded = json.loads((tmp_path / "device_check.json").read_text())
     assert loaded["meta"]["budget_s"] == 420.0 and loaded["complete"] is False
@@ -551,7 +557,9 @@ def test_list_prints_the_ordered_grid_and_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_step_memory_estimate_compiles_the_real_step_on_abstract_shapes():
-    config = dc.build_config(dc.Spec("cifar100_tiny", 16, 1, False, "vmap", "float32"))
+    config = device_grid.build_config(
+        device_grid.Spec("cifar100_tiny", 16, 1, False, "vmap", "float32")
+    )
     needed = memory_fit.step_memory_bytes(config)  # 8 fake CPU devices: 2 examples each
     assert isinstance(needed, int) and needed > 0
 
