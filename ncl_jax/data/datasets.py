@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ncl_jax.data import sources
+from ncl_jax.data import file_sources, sources
 from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
 from ncl_jax.errors import ConfigError, DataError
 
@@ -103,7 +103,7 @@ def class_names(cfg: Any) -> tuple[str, ...] | None:
         sources.check_builder(builder, cfg)
         return _label_names(builder)
     if cfg.source == "image_folder" and cfg.image_root:
-        return tuple(sources.folder_split(os.path.join(cfg.image_root, cfg.train_split))[1])
+        return tuple(file_sources.folder_split(os.path.join(cfg.image_root, cfg.train_split))[1])
     return None
 
 
@@ -183,8 +183,8 @@ def _resolve_split_list(cfg: Any):
                 f"source='split_list' needs dataset.{field}; set --config.dataset.{field} to a "
                 "file of 'relative/path label' lines."
             )
-    train = sources.list_split(cfg.image_root, cfg.train_list, cfg.num_classes, "train_list")
-    evals = sources.list_split(cfg.image_root, cfg.eval_list, cfg.num_classes, "eval_list")
+    train = file_sources.list_split(cfg.image_root, cfg.train_list, cfg.num_classes, "train_list")
+    evals = file_sources.list_split(cfg.image_root, cfg.eval_list, cfg.num_classes, "eval_list")
     train = _long_tail(train, cfg)
     return train, evals, _counts(train, cfg.num_classes), None
 
@@ -195,13 +195,13 @@ def _resolve_image_folder(cfg: Any):
             "source='image_folder' needs dataset.image_root; set --config.dataset.image_root "
             "to a folder holding <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg."
         )
-    train, classes = sources.folder_split(os.path.join(cfg.image_root, cfg.train_split))
+    train, classes = file_sources.folder_split(os.path.join(cfg.image_root, cfg.train_split))
     if len(classes) != cfg.num_classes:
         raise ConfigError(
             f"{os.path.join(cfg.image_root, cfg.train_split)} has {len(classes)} class folders "
             f"but dataset.num_classes={cfg.num_classes}; set --config.dataset.num_classes="
             f"{len(classes)}."
         )
-    evals, _ = sources.folder_split(os.path.join(cfg.image_root, cfg.eval_split), classes)
+    evals, _ = file_sources.folder_split(os.path.join(cfg.image_root, cfg.eval_split), classes)
     train = _long_tail(train, cfg)
     return train, evals, _counts(train, cfg.num_classes), tuple(classes)
