@@ -171,7 +171,7 @@ def model_names(num_experts: int) -> list[str]:
     return [f"expert_{k}" for k in range(num_experts)] + ["ensemble"]
 
 
-def summarize(sums: dict[str, np.ndarray], *, info, taus, aggregation, class_names) -> dict:
+def summarize(sums: dict[str, np.ndarray], *, info, taus, class_names) -> dict:
     """The analysis.json body of one run from its pass sums (numbers only; metadata is added
     by the caller). Accuracies in percent, ECE and probabilities as fractions, KL in nats."""
     from ncl_jax.data.long_tail import GROUP_RULES
@@ -187,13 +187,7 @@ def summarize(sums: dict[str, np.ndarray], *, info, taus, aggregation, class_nam
             "top1": {name: _percent(correct[0, m], totals) for m, name in enumerate(names)},
         },
         "groups": {
-            rule: {
-                name: metrics.accuracy_summary(correct[0], totals, masks)["experts"][m]
-                if m < num_experts
-                else metrics.accuracy_summary(correct[0], totals, masks)["ensemble"]
-                for m, name in enumerate(names)
-            }
-            for rule, masks in groups.items()
+            rule: _group_accuracies(correct[0], totals, masks) for rule, masks in groups.items()
         },
         "group_classes": {
             rule: {g: np.flatnonzero(mask).tolist() for g, mask in masks.items()}
@@ -230,8 +224,14 @@ def summarize(sums: dict[str, np.ndarray], *, info, taus, aggregation, class_nam
         confusion = np.asarray(confusion, np.float64).astype(np.int64)
         result["confused_pairs"] = top_confused_pairs(confusion, class_names)
         result["confusion"] = confusion.tolist() if len(totals) <= 100 else None
-    del aggregation
     return result
+
+
+def _group_accuracies(correct: np.ndarray, totals: np.ndarray, masks: dict) -> dict:
+    """{expert_k | ensemble: {top1, many, medium, few}} from correct [K + 1, C]."""
+    summary = metrics.accuracy_summary(correct, totals, masks)
+    names = model_names(len(summary["experts"]))
+    return dict(zip(names, [*summary["experts"], summary["ensemble"]], strict=True))
 
 
 def _reliability(sums: np.ndarray) -> dict:

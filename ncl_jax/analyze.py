@@ -189,7 +189,6 @@ def _analyze(workdirs, configs, out, *, checkpoint, started, log) -> dict:
             sums,
             info=run.info,
             taus=run.step_cfg.eval_taus,
-            aggregation=run.step_cfg.eval_aggregation,
             class_names=class_names,
         )
         experts = [

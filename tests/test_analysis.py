@@ -146,9 +146,7 @@ def _summary(aggregation="mean_logits", taus=(0.0, 1.0)):
     )(jnp.asarray(LOGITS))
     sums = jax.device_get(sums)
     names = [f"c{i}" for i in range(C)]
-    return analysis.summarize(
-        sums, info=_info(), taus=taus, aggregation=aggregation, class_names=names
-    )
+    return analysis.summarize(sums, info=_info(), taus=taus, class_names=names)
 
 
 @pytest.mark.parametrize("aggregation", ["mean_logits", "mean_probs"])
