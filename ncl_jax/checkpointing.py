@@ -273,8 +273,8 @@ class RunCheckpoints:
         where = f"{self.workdir}/{kind}/{step}"
         others = [s for s in self.all_steps() if s != step]
         hint = (
-            f"it was left untouched; other steps: {others} (pass --step=N to evaluate or "
-            "resume from one), or move it away."
+            f"it was left untouched; other steps: {others} (use one with --step=N for "
+            "training and evaluate, --checkpoint=N for analyze and export), or move it away."
             if others
             else "it was left untouched; no other checkpoint exists: use a new --workdir."
         )
