@@ -12,8 +12,8 @@ Recipe (official yaml): batch 64, SGD 0.1 nesterov, wd 2e-4, 5-epoch warm-up, x0
 320 and 360, 400 epochs; beta = 0.3 (30 hard negatives; official HCM_N = 30 incl. the label).
 """
 
-from configs import cifar_common
+from ncl_jax.config.recipes import cifar_config
 
 
 def get_config(arg: str | None = None):
-    return cifar_common.cifar_config(arg, name="cifar100", num_classes=100)
+    return cifar_config(arg, name="cifar100", num_classes=100)

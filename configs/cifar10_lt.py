@@ -14,8 +14,8 @@ The official repo has no CIFAR-10 config: this uses the CIFAR-100 recipe with be
 (3 hard negatives in the paper form; HCM_N = 3, i.e. 2 negatives, in the official form).
 """
 
-from configs import cifar_common
+from ncl_jax.config.recipes import cifar_config
 
 
 def get_config(arg: str | None = None):
-    return cifar_common.cifar_config(arg, name="cifar10", num_classes=10)
+    return cifar_config(arg, name="cifar10", num_classes=10)

@@ -13,8 +13,7 @@ The paper does not give the MoCo queue/dim for ImageNet-LT; we use the official 
 (queue 65,536, dim 1,024, tau 0.2), an assumption.
 """
 
-from configs.base import apply_variant, parse_args
-from configs.large_common import large_image_config
+from ncl_jax.config.recipes import apply_variant, large_image_config, parse_args
 
 
 def get_config(arg: str | None = None):

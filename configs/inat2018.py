@@ -10,8 +10,7 @@ Data: TFDS `i_naturalist2018` (train as is: it is naturally long-tailed; eval on
 MoCo queue/dim for the paper variant follow the official Places values (an assumption).
 """
 
-from configs.base import apply_variant, parse_args
-from configs.large_common import large_image_config
+from ncl_jax.config.recipes import apply_variant, large_image_config, parse_args
 
 
 def get_config(arg: str | None = None):

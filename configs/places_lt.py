@@ -16,8 +16,7 @@ Pretrained weights are read from a local file only: convert torchvision's resnet
 `python -m ncl_jax.pretrained --torch_checkpoint=resnet152-b121ed2d.pth --out=FILE.npz`.
 """
 
-from configs.base import apply_variant, parse_args
-from configs.large_common import large_image_config
+from ncl_jax.config.recipes import apply_variant, large_image_config, parse_args
 
 
 def get_config(arg: str | None = None):

@@ -6,7 +6,8 @@ Real CIFAR-10 (the offline `cifar10_jpeg` copy), IF 100, three ResNet-8 experts 
 MoCo on, 2 epochs of 3 steps, evaluation on the first 256 test images. Not a benchmark.
 """
 
-from configs.base import apply_variant, get_base_config, parse_args
+from ncl_jax.config.base import get_base_config
+from ncl_jax.config.recipes import apply_variant, parse_args
 
 
 def get_config(arg: str | None = None):

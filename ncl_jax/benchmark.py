@@ -1,41 +1,18 @@
 """Throughput and memory of the full NCL train step (and of the input pipeline).
 
-  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128
-  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128 \\
-      --mode=step --experts=1,3 --moco=both --strategies=loop,vmap
-
-The step is the real pmapped `train_step` (all K experts, NCL loss, optimiser, and with MoCo
-the key encoders, EMA and queue) on synthetic batches of the configured shape, so no dataset
-is needed and `--mode=step` never imports TensorFlow (accelerator hosts may lack it). Each
-configuration is compiled ahead of time (`compile_s`), warmed up, then timed over
-`--steps` steps `--repeats` times; the median repeat is reported. Prints a table and, as its
-last line, one JSON object describing the configuration as given (the first row), with every
-row under "rows".
+The program over ncl_jax.perf.benchmark (its docstring has the details).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gc
-import itertools
 import json
-import os
-import resource
-import statistics
-import sys
-import time
-from typing import Any
 
-import jax
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from ncl_jax import builders, host_devices
-from ncl_jax.config_utils import validate_config
-from ncl_jax.data.long_tail import long_tailed_counts
-from ncl_jax.models import resolve_strategy
-from ncl_jax.train_step import pmap_train_step, replicate
+from ncl_jax.cli import run_app, run_cli
+from ncl_jax.perf import host_devices
+from ncl_jax.perf.benchmark import run
 
 
 def _define_flags() -> None:
@@ -66,253 +43,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("pipeline_batches", 20, "Timed input batches.")
 
 
-@dataclasses.dataclass
-class Row:
-    """One timed configuration."""
-
-    strategy: str
-    num_experts: int
-    moco: bool
-    dtype: str
-    batch_size: int
-    ms_per_step: float
-    img_per_s: float
-    cpu_ms_per_step: float  # host CPU time per step, all threads (robust to other load)
-    compile_s: float
-    peak_rss_mb: float
-    peak_device_mb: float | None
-    repeats_ms: list[float]
-    step_memory_mb: float | None = None  # XLA's per-device estimate for the compiled step
-
-
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MiB (peak = VmHWM)."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024
-    if len(fields) == 2:
-        return fields["VmRSS"], fields["VmHWM"]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: no reset
-    return peak, peak
-
-
-def reset_peak_rss() -> None:
-    """Resets VmHWM to the current RSS (Linux >= 4.0), so each row reports its own peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def device_peak_mb() -> float | None:
-    """Peak device memory of the first local device (GPU/TPU); None where not reported."""
-    try:
-        stats = jax.local_devices()[0].memory_stats() or {}
-    except (AttributeError, NotImplementedError, RuntimeError):  # backends without stats
-        stats = {}
-    peak = stats.get("peak_bytes_in_use")
-    return None if peak is None else peak / 2**20
-
-
-def compiled_memory_bytes(compiled) -> int | None:
-    """Device bytes one call of a compiled (pmapped: per device) executable needs, from XLA's
-    memory analysis: arguments + outputs + temporaries, less the donated bytes that outputs
-    reuse. None where the backend or JAX version does not report it."""
-    try:
-        stats = compiled.memory_analysis()
-    except (AttributeError, NotImplementedError, RuntimeError):
-        return None
-    if isinstance(stats, list | tuple):  # some versions give one entry per device
-        stats = stats[0] if stats else None
-    try:
-        total = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-        return int(total - getattr(stats, "alias_size_in_bytes", 0))
-    except (AttributeError, TypeError):
-        return None
-
-
-def synthetic_counts(config) -> np.ndarray:
-    """Long-tailed class counts of the configured profile (only the loss values use them)."""
-    imbalance = config.dataset.imbalance_factor
-    counts = long_tailed_counts(500, config.dataset.num_classes, max(float(imbalance), 1.0))
-    return np.maximum(counts, 1).astype(np.float32)
-
-
-def synthetic_batch(config, num_devices: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A global batch shaped as the input pipeline delivers it: [devices, per_device, ...]."""
-    rng = np.random.default_rng(seed)
-    per_device, size = config.batch_size // num_devices, config.dataset.image_size
-    image = lambda: rng.normal(size=(num_devices, per_device, size, size, 3)).astype(np.float32)
-    batch = {
-        "image": image(),
-        "label": rng.integers(0, config.dataset.num_classes, (num_devices, per_device)).astype(
-            np.int32
-        ),
-    }
-    if config.moco.enabled:
-        batch["key_image"] = image()
-    return batch
-
-
-def time_step(
-    config, *, steps: int, warmup: int, repeats: int, compiler_options: dict | None = None
-) -> Row:
-    """Compiles, warms up and times the pmapped train step of `config` on synthetic data.
-    compiler_options: XLA options for this compilation only (ncl_jax.device_check's reduced
-    CPU grid passes the fast-compile ones)."""
-    devices = jax.local_devices()
-    validate_config(config, num_devices=len(devices))
-    counts = synthetic_counts(config)
-    step_cfg = builders.make_step_config(
-        config, class_counts=counts, steps_per_epoch=max(1, int(counts.sum()) // config.batch_size)
-    )
-    if hasattr(jax, "clear_caches"):  # earlier rows' executables would count in this row's peak
-        jax.clear_caches()
-    gc.collect()
-    reset_peak_rss()
-    state = replicate(builders.create_state(config, step_cfg), devices)
-    batch = jax.device_put(synthetic_batch(config, len(devices)))
-    p_step = pmap_train_step(step_cfg, donate=True, devices=devices)
-    start = time.perf_counter()
-    lowered = p_step.lower(state, batch)
-    compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
-    compile_s = time.perf_counter() - start
-    for _ in range(warmup):
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready(state)
-    timings, cpu = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        timings.append(1e3 * (time.perf_counter() - start) / steps)
-        cpu.append(1e3 * (time.process_time() - cpu_start) / steps)
-    loss_sum, loss_count = np.asarray(metrics["loss"]).sum(0)
-    if not np.isfinite(loss_sum / loss_count):
-        raise FloatingPointError(f"non-finite loss {loss_sum / loss_count} in the benchmark.")
-    _, peak = rss_mb()
-    ms = statistics.median(timings)
-    step_bytes = compiled_memory_bytes(compiled)
-    del state, compiled, p_step
-    return Row(
-        strategy=step_cfg.strategy,
-        num_experts=config.model.num_experts,
-        moco=bool(config.moco.enabled),
-        dtype=config.model.dtype,
-        batch_size=config.batch_size,
-        ms_per_step=ms,
-        img_per_s=config.batch_size / (ms / 1e3),
-        cpu_ms_per_step=statistics.median(cpu),
-        compile_s=compile_s,
-        peak_rss_mb=peak,
-        peak_device_mb=device_peak_mb(),
-        repeats_ms=[round(t, 1) for t in timings],
-        step_memory_mb=None if step_bytes is None else step_bytes / 2**20,
-    )
-
-
-def variants(config, *, experts: list[str], moco: str, strategies: list[str]) -> list[Any]:
-    """The configurations to time; the first is the config as given (with the first option)."""
-    moco_options = {
-        "config": [bool(config.moco.enabled)],
-        "on": [True],
-        "off": [False],
-        "both": [bool(config.moco.enabled), not config.moco.enabled],
-    }[moco]
-    ks = [int(k) for k in experts] or [config.model.num_experts]
-    names = strategies or [config.model.expert_strategy]
-    out = []
-    for strategy, k, on in itertools.product(names, ks, moco_options):
-        c = config.copy_and_resolve_references()
-        c.model.expert_strategy, c.model.num_experts, c.moco.enabled = strategy, k, on
-        out.append(c)
-    return out
-
-
-def time_pipeline(config, num_batches: int) -> dict[str, Any]:
-    """Host input throughput for this config (imports TensorFlow)."""
-    from ncl_jax import data
-
-    return data.benchmark_pipeline(
-        config.dataset,
-        global_batch_size=config.batch_size,
-        num_batches=num_batches,
-        two_views=bool(config.moco.enabled),
-    )
-
-
-def format_table(rows: list[Row]) -> str:
-    header = (
-        f"{'strategy':<10}{'K':>3}{'moco':>6}{'dtype':>10}{'batch':>7}{'ms/step':>10}"
-        f"{'img/s':>9}{'CPU ms':>9}{'compile s':>11}{'peak RSS MB':>13}{'device MB':>11}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        device = f"{r.peak_device_mb:11.0f}" if r.peak_device_mb is not None else f"{'-':>11}"
-        lines.append(
-            f"{r.strategy:<10}{r.num_experts:>3}{'on' if r.moco else 'off':>6}"
-            f"{r.dtype:>10}{r.batch_size:>7}{r.ms_per_step:10.1f}{r.img_per_s:9.1f}"
-            f"{r.cpu_ms_per_step:9.0f}"
-            f"{r.compile_s:11.1f}{r.peak_rss_mb:13.0f}{device}"
-        )
-    return "\n".join(lines)
-
-
-def run(
-    config,
-    *,
-    mode: str,
-    steps: int,
-    warmup: int,
-    repeats: int,
-    experts: list[str],
-    moco: str,
-    strategies: list[str],
-    pipeline_batches: int,
-) -> dict[str, Any]:
-    """Runs the benchmark, prints the table and returns the summary (the JSON line)."""
-    platform = jax.default_backend()
-    summary: dict[str, Any] = {
-        "platform": platform,
-        "device_kind": jax.local_devices()[0].device_kind,
-        "num_devices": jax.local_device_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "batch_size": config.batch_size,
-        "num_experts": config.model.num_experts,
-        "dtype": config.model.dtype,
-        "expert_strategy": resolve_strategy(config.model.expert_strategy, platform),
-    }
-    if mode in ("step", "all"):
-        rows = []
-        for c in variants(config, experts=experts, moco=moco, strategies=strategies):
-            rows.append(time_step(c, steps=steps, warmup=warmup, repeats=repeats))
-            print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-        print(format_table(rows))
-        summary.update(dataclasses.asdict(rows[0]))
-        summary["expert_strategy"] = summary.pop("strategy")
-        summary["rows"] = [dataclasses.asdict(r) for r in rows]
-    if mode in ("pipeline", "all"):
-        try:
-            result = time_pipeline(config, pipeline_batches)
-        except (ImportError, OSError, ValueError) as err:
-            if mode == "pipeline":
-                raise
-            result = {"skipped": " ".join(str(err).split())[:300]}
-        summary["pipeline"] = result
-        print("input pipeline:", json.dumps(result))
-    if "ms_per_step" not in summary:
-        summary.update(ms_per_step=None, img_per_s=None, compile_s=None)
-    summary.setdefault("peak_rss_mb", rss_mb()[1])
-    return summary
-
-
 def main(argv) -> None:
-    from ncl_jax.cli import run_cli
 
     def go():
         host_devices.configure_for(flags.FLAGS.config)  # as ncl_jax.main does, before JAX starts
@@ -334,7 +65,6 @@ def main(argv) -> None:
 
 def cli() -> None:
     """Console script `ncl-benchmark`: the same as `python -m ncl_jax.benchmark`."""
-    from ncl_jax.cli import run_app
 
     run_app(main, define_flags=_define_flags, required=("config",))
 

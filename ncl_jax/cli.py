@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -127,7 +128,6 @@ def reject_arguments(argv: Sequence[str]) -> None:
 def command_line() -> str:
     """The command that started this program, as a user would type it again: `python -m
     ncl_jax.X ...` for a module, the script's name for a console script."""
-    import shlex
 
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     if spec is not None and spec.name:

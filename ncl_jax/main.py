@@ -20,8 +20,11 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from ncl_jax import host_devices
 from ncl_jax.cli import run_app, run_cli
+from ncl_jax.config.variants import resolve_config
+from ncl_jax.perf import host_devices
+from ncl_jax.perf.memory_fit import out_of_memory_error, out_of_memory_phase
+from ncl_jax.training.loop import train_and_evaluate
 
 
 def _define_flags() -> None:
@@ -59,9 +62,8 @@ def _distributed_requested() -> bool:
     )
 
 
-def _configure_cpu_devices() -> None:
-    """One XLA device per core on CPU hosts (ncl_jax.host_devices); before JAX starts."""
-    config = flags.FLAGS.config
+def _configure_cpu_devices(config) -> None:
+    """One XLA device per core on CPU hosts (ncl_jax.perf.host_devices); before JAX starts."""
     if _distributed_requested() and config.cpu_devices == -1:
         return  # per-process batch sizes are unknown here; the launchers set their own count
     host_devices.configure_for(config)
@@ -85,12 +87,9 @@ def _cluster_detected() -> bool:
 
 
 def train_reporting_oom(config, workdir: str, *, resume_step: int | None = None) -> dict:
-    """train_and_evaluate, with running out of device memory turned into one ConfigError
-    that names the batch size that failed and one that fits
-    (ncl_jax.memory_fit.out_of_memory_error). Nothing is saved on that path."""
-    from ncl_jax.memory_fit import out_of_memory_error, out_of_memory_phase
-    from ncl_jax.train import train_and_evaluate
-
+    """train_and_evaluate of a resolved config, with running out of device memory turned
+    into one ConfigError that names the batch size that failed and one that fits
+    (ncl_jax.perf.memory_fit.out_of_memory_error). Nothing is saved on that path."""
     try:
         return train_and_evaluate(config, workdir, resume_step=resume_step)
     except RuntimeError as err:
@@ -102,9 +101,12 @@ def train_reporting_oom(config, workdir: str, *, resume_step: int | None = None)
 
 
 def main(argv) -> None:
+    del argv
 
     def run():
-        _configure_cpu_devices()
+        # The one resolution of this program: after the config file and every override.
+        config = resolve_config(flags.FLAGS.config)
+        _configure_cpu_devices(config)
         _maybe_initialize_distributed()
         host_devices.check_platform(jax.default_backend())
         logging.info(
@@ -115,9 +117,7 @@ def main(argv) -> None:
             jax.device_count(),
             jax.default_backend(),
         )
-        result = train_reporting_oom(
-            flags.FLAGS.config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step
-        )
+        result = train_reporting_oom(config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step)
         if jax.process_index() == 0:
             print(json.dumps(result))
 

@@ -1,238 +1,20 @@
 """Tabulates the runs under a directory: one row per setting, mean and std over seeds
-(`ncl-report`).
 
-  python -m ncl_jax.report runs/beta        # prints the table, writes report.md and report.csv
-  python -m ncl_jax.report --workdir=runs/beta   # the same
-
-Every workdir below the directory (any depth; a sweep's or hand-made) is one run. A run is
-`finished` when training wrote result.json, `failed` when the sweep recorded a failure, else
-`unfinished`; only finished runs are averaged, the others are counted in their own columns.
-Runs belong to the same setting when their resolved configs agree on every field except the
-training seed (`seed`), the subset seed (`dataset.subset_seed`) and fields that do not change
-what is trained; the fields that differ between settings are the table's first columns.
-
-Columns of report.csv (stable; other tools read them), after the setting fields:
-  runs, unfinished, failed, selection_split,
-  {when}_{model}_{metric}_mean and _std for
-    when   = last (the final epoch) | best (the epoch that model's top-1 was best on
-             selection_split, as the paper and the official code select: the test set for CIFAR)
-    model  = ensemble (mean of the experts' logits) | single (the best expert of that run)
-           | experts_mean (the mean over the experts: Fig. 4's "single"; at the best-single
-             epoch for `best`)
-    metric = top1 | many | medium | few (percent; empty when the test set has no such class)
-  std is the sample standard deviation over the finished runs (empty for fewer than two).
+The program over ncl_jax.evaluation.report (its docstring has the details).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import statistics
 
-from flax import traverse_util
+from absl import flags
 
+from ncl_jax.cli import run_app, run_cli
 from ncl_jax.errors import ConfigError
-
-REPORT_MD = "report.md"
-REPORT_CSV = "report.csv"
-WHENS = ("last", "best")
-MODELS = ("ensemble", "single", "experts_mean")
-METRICS = ("top1", "many", "medium", "few")
-SEED_FIELDS = ("seed", "dataset.subset_seed")
-# Shown in the printed/Markdown table (the CSV has every column).
-SHOWN = (
-    "last_ensemble_top1",
-    "last_single_top1",
-    "last_experts_mean_top1",
-    "last_ensemble_many",
-    "last_ensemble_medium",
-    "last_ensemble_few",
-    "best_ensemble_top1",
-    "best_single_top1",
-)
-
-
-def find_runs(root: str) -> list[str]:
-    """Every workdir (a directory holding config.json) below root, sorted."""
-    if not os.path.isdir(root):
-        raise ConfigError(f"{root} is not a directory; give the sweep's --workdir.")
-    runs = sorted(d for d, _, files in os.walk(root) if "config.json" in files)
-    if not runs:
-        raise ConfigError(
-            f"no runs under {root} (no config.json in any directory); train into it first "
-            "(python -m ncl_jax.sweep or python -m ncl_jax.main)."
-        )
-    return runs
-
-
-def _state(run: str) -> str:
-    from ncl_jax.sweep import run_state
-
-    state = run_state(run)
-    return "unfinished" if state == "pending" else state
-
-
-def _scores(evaluation: dict) -> dict[str, dict]:
-    """{model: {metric: value}} of one evaluation JSON (percent)."""
-    experts = evaluation["experts"]
-    mean = {
-        m: (
-            statistics.fmean(e[m] for e in experts)
-            if all(e[m] is not None for e in experts)
-            else None
-        )
-        for m in METRICS
-    }
-    return {
-        "ensemble": evaluation["ensemble"],
-        "single": evaluation["best_single"],
-        "experts_mean": mean,
-    }
-
-
-def run_values(result: dict) -> dict[str, float | None]:
-    """Flat {when_model_metric: value} of one result.json."""
-    out = {}
-    last = _scores(result["final"])
-    best_evals = result.get("best_evals", {})
-    best = {
-        "ensemble": _scores(best_evals["ensemble"])["ensemble"]
-        if "ensemble" in best_evals
-        else None,
-        "single": _scores(best_evals["single"])["single"] if "single" in best_evals else None,
-        "experts_mean": _scores(best_evals["single"])["experts_mean"]
-        if "single" in best_evals
-        else None,
-    }
-    for model in MODELS:
-        for metric in METRICS:
-            out[f"last_{model}_{metric}"] = last[model][metric]
-            out[f"best_{model}_{metric}"] = best[model][metric] if best[model] else None
-    return out
-
-
-def _setting_key(config: dict) -> dict:
-    from ncl_jax.checkpointing import RESUMABLE_FIELDS
-
-    flat = traverse_util.flatten_dict(config, sep=".")
-    ignored = set(SEED_FIELDS) | set(RESUMABLE_FIELDS) | {"preset_variant"}
-    return {k: v for k, v in flat.items() if k not in ignored}
-
-
-def collect(root: str) -> tuple[list[str], list[dict]]:
-    """(setting field names, rows): one row per setting, aggregated over its seeds."""
-    runs = find_runs(root)
-    entries = []
-    for run in runs:
-        with open(os.path.join(run, "config.json")) as f:
-            key = _setting_key(json.load(f))
-        state = _state(run)
-        values = None
-        if state == "finished":
-            with open(os.path.join(run, "result.json")) as f:
-                result = json.load(f)
-            values = run_values(result)
-            values["selection_split"] = result.get("selection_split", "")
-        entries.append((key, state, values))
-    fields = sorted(
-        {k for key, _, _ in entries for k in key if len({repr(e[0].get(k)) for e in entries}) > 1}
-    )
-    groups: dict[str, list] = {}
-    for key, state, values in entries:
-        groups.setdefault(json.dumps([key.get(f) for f in fields]), []).append((key, state, values))
-    rows = []
-    for members in groups.values():
-        row = {f: members[0][0].get(f) for f in fields}
-        done = [v for _, s, v in members if s == "finished"]
-        row["runs"] = len(done)
-        row["unfinished"] = sum(s == "unfinished" for _, s, _ in members)
-        row["failed"] = sum(s == "failed" for _, s, _ in members)
-        row["selection_split"] = done[0]["selection_split"] if done else ""
-        for when in WHENS:
-            for model in MODELS:
-                for metric in METRICS:
-                    name = f"{when}_{model}_{metric}"
-                    vals = [v[name] for v in done if v[name] is not None]
-                    row[f"{name}_mean"] = statistics.fmean(vals) if vals else None
-                    row[f"{name}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
-        rows.append(row)
-    rows.sort(key=lambda r: [json.dumps(r[f]) for f in fields])
-    return fields, rows
-
-
-def columns(fields: list[str]) -> list[str]:
-    stats = [
-        f"{when}_{model}_{metric}_{stat}"
-        for when in WHENS
-        for model in MODELS
-        for metric in METRICS
-        for stat in ("mean", "std")
-    ]
-    return [*fields, "runs", "unfinished", "failed", "selection_split", *stats]
-
-
-def to_csv(fields: list[str], rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, columns(fields), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return out.getvalue()
-
-
-def _cell(row: dict, name: str) -> str:
-    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
-    if mean is None:
-        return "-"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
-
-
-def to_markdown(fields: list[str], rows: list[dict]) -> str:
-    split = next((r["selection_split"] for r in rows if r["selection_split"]), "")
-    header = [*fields, "runs", *SHOWN]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for row in rows:
-        runs = str(row["runs"])
-        if row["unfinished"] or row["failed"]:
-            runs += f" (+{row['unfinished']} unfinished, {row['failed']} failed)"
-        cells = [str(row[f]) for f in fields] + [runs] + [_cell(row, n) for n in SHOWN]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        "Accuracy %, mean ± sample std over the finished runs (seeds). `last_*`: final epoch; "
-        f"`best_*`: the best epoch of that model, selected on the `{split}` split (as the paper "
-        "and the official code do). `single`: the best expert; `experts_mean`: the mean over "
-        "the experts. report.csv has every column."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def write_report(root: str) -> tuple[str, str]:
-    """Writes report.md and report.csv into root (atomically); returns the Markdown."""
-    fields, rows = collect(root)
-    markdown, table = to_markdown(fields, rows), to_csv(fields, rows)
-    for name, text in ((REPORT_MD, markdown), (REPORT_CSV, table)):
-        path = os.path.join(root, name)
-        try:
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
-        except OSError as err:
-            raise ConfigError(
-                f"cannot write {path} ({err.strerror}); check the directory."
-            ) from None
-    return markdown, os.path.join(root, REPORT_MD)
+from ncl_jax.evaluation.report import write_report
 
 
 def main(argv) -> None:
-    from absl import flags
-
-    from ncl_jax.cli import run_cli
 
     def go():
         dirs = [*argv[1:], *([flags.FLAGS.workdir] if flags.FLAGS.workdir else [])]
@@ -249,7 +31,6 @@ def main(argv) -> None:
 
 
 def _define_flags() -> None:
-    from absl import flags
 
     flags.DEFINE_string(
         "workdir", None, "Directory of runs (a sweep's --workdir); or give it as the argument."
@@ -258,7 +39,6 @@ def _define_flags() -> None:
 
 def cli() -> None:
     """Console script `ncl-report`: the same as `python -m ncl_jax.report`."""
-    from ncl_jax.cli import run_app
 
     run_app(main, define_flags=_define_flags, takes_arguments=True)
 

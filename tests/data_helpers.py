@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from configs.base import get_base_config
+from ncl_jax.config.base import get_base_config
 
 # Published CIFAR-LT profiles (LDAM-DRW and the official NCL README).
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]

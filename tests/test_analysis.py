@@ -10,9 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncl_jax import analysis, analyze, checkpointing, metrics, plots
+from ncl_jax import analyze as analyze_program
+from ncl_jax.core import metrics
 from ncl_jax.data.long_tail import DatasetInfo
 from ncl_jax.errors import CheckpointError, ConfigError
+from ncl_jax.evaluation import analysis_pass, analyze, plots
+from ncl_jax.training import checkpointing
 
 RNG = np.random.default_rng(7)
 K, B, C = 3, 40, 6
@@ -116,7 +119,7 @@ def test_confusion_counts_and_top_confused_pairs():
         want[LABELS[n], preds[n]] += 1
     np.testing.assert_array_equal(got, want)
     confusion = np.array([[5, 3, 0], [3, 4, 1], [0, 7, 2]])
-    pairs = analysis.top_confused_pairs(confusion, ["a", "b", "c"], top=3)
+    pairs = analysis_pass.top_confused_pairs(confusion, ["a", "b", "c"], top=3)
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
         (2, 1, 7),
         (0, 1, 3),  # ties: lower (true, predicted) first
@@ -134,7 +137,7 @@ def _info():
 def _summary(aggregation="mean_logits", taus=(0.0, 1.0)):
     log_prior = np.log(COUNTS / COUNTS.sum()).astype(np.float32)
     sums, _ = jax.jit(
-        lambda lg: analysis.analysis_sums(
+        lambda lg: analysis_pass.analysis_sums(
             lg,
             jnp.asarray(LABELS),
             jnp.asarray(MASK),
@@ -146,7 +149,7 @@ def _summary(aggregation="mean_logits", taus=(0.0, 1.0)):
     )(jnp.asarray(LOGITS))
     sums = jax.device_get(sums)
     names = [f"c{i}" for i in range(C)]
-    return analysis.summarize(sums, info=_info(), taus=taus, class_names=names)
+    return analysis_pass.summarize(sums, info=_info(), taus=taus, class_names=names)
 
 
 @pytest.mark.parametrize("aggregation", ["mean_logits", "mean_probs"])
@@ -156,7 +159,7 @@ def test_summary_per_class_top1_groups_logit_adjustment_and_ece(aggregation):
     test_count = np.bincount(LABELS[MASK], minlength=C)
     assert out["per_class"]["test_count"] == test_count.tolist()
     assert out["per_class"]["train_count"] == COUNTS.tolist()
-    for m, name in enumerate(analysis.model_names(K)):
+    for m, name in enumerate(analysis_pass.model_names(K)):
         hits = (probs[m].argmax(-1) == LABELS) & MASK
         per_class = 100 * np.bincount(LABELS[hits], minlength=C) / np.maximum(test_count, 1)
         got = np.array([np.nan if v is None else v for v in out["per_class"]["top1"][name]])
@@ -205,7 +208,7 @@ def _analysis_json():
     pair = {
         "runs": ["toy", "toy_k1"],
         "same_recipe": True,
-        **analysis.kl_between(np.arange(C, dtype=float), np.full(C, 2.0), _info()),
+        **analysis_pass.kl_between(np.arange(C, dtype=float), np.full(C, 2.0), _info()),
     }
     return {"runs": [run, single], "kl_between_runs": [pair]}
 
@@ -296,7 +299,8 @@ def test_workdir_without_checkpoints_names_the_fix(tmp_path):
 
 
 def test_compare_accepts_commas_and_repetition():
-    assert analyze.compare_list(["a,b", "c"]) == ["a", "b", "c"] and analyze.compare_list([]) == []
+    assert analyze_program.compare_list(["a,b", "c"]) == ["a", "b", "c"]
+    assert analyze_program.compare_list([]) == []
 
 
 def test_labels_are_unique_and_file_safe():

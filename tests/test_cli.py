@@ -135,7 +135,7 @@ def _smoke(**overrides):
 def test_bad_config_fails_with_one_line_before_compute(
     capsys, tmp_path, monkeypatch, overrides, fragments
 ):
-    from ncl_jax.train import train_and_evaluate
+    from ncl_jax.training.loop import train_and_evaluate
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_data"))  # cifar100 is never here
     with pytest.raises(SystemExit) as exit_info:
@@ -147,7 +147,7 @@ def test_bad_config_fails_with_one_line_before_compute(
 
 
 def test_evaluate_on_an_empty_workdir_fails_with_one_line(capsys, tmp_path):
-    from ncl_jax.evaluate import evaluate_workdir
+    from ncl_jax.evaluation.evaluate import evaluate_workdir
 
     with pytest.raises(SystemExit):
         cli.run_cli(lambda: evaluate_workdir(str(tmp_path)))
@@ -156,7 +156,7 @@ def test_evaluate_on_an_empty_workdir_fails_with_one_line(capsys, tmp_path):
 
 
 def test_convert_pretrained_on_a_missing_file_fails_with_one_line(capsys, tmp_path):
-    from ncl_jax import pretrained
+    from ncl_jax.deploy import pretrained
     from ncl_jax.models.resnet import ResNet
 
     with pytest.raises(SystemExit):
@@ -196,7 +196,7 @@ def test_help_exits_with_status_zero(capsys, flag):
 
 def test_resuming_a_step_of_a_fresh_workdir_is_one_error_and_creates_nothing(tmp_path):
     from ncl_jax.errors import CheckpointError
-    from ncl_jax.train import train_and_evaluate
+    from ncl_jax.training.loop import train_and_evaluate
 
     with pytest.raises(CheckpointError, match="has no checkpoints to resume"):
         train_and_evaluate(_smoke(), str(tmp_path / "fresh"), resume_step=3)

@@ -1,13 +1,13 @@
 """Every config file and argument loads, validates, and sets the recipe its docstring states."""
 
-import importlib
-
 import pytest
 
-from configs.base import apply_variant, get_base_config
-from ncl_jax.config_utils import resolve_num_hard, validate_config
+from ncl_jax.config.base import get_base_config
+from ncl_jax.config.recipes import apply_variant
+from ncl_jax.config.validation import CHOICES, validate_config
+from ncl_jax.config.variants import resolve_config
 from ncl_jax.errors import ConfigError
-from ncl_jax.variants import resolve_config
+from tests.tiny import config_file
 
 # (file, arg) -> (variant, num_hard, moco, epochs, train view)
 EXPECTED = {
@@ -28,12 +28,12 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name, arg", list(EXPECTED))
 def test_config_files(name, arg):
-    config = resolve_config(importlib.import_module(f"configs.{name}").get_config(arg))
+    config = resolve_config(config_file(name, arg))
     validate_config(config, num_devices=8)
     variant, num_hard, moco, epochs, view = EXPECTED[(name, arg)]
     assert (
         config.variant,
-        resolve_num_hard(config),
+        config.loss.num_hard,
         config.moco.enabled,
         config.num_epochs,
         config.dataset.train_view,
@@ -42,17 +42,14 @@ def test_config_files(name, arg):
 
 
 def test_imagenet_official_recipe_and_cifar_if_argument():
-    config = importlib.import_module("configs.imagenet_lt").get_config("official")
+    config = config_file("imagenet_lt", "official")
     assert (config.optim.schedule, config.optim.learning_rate) == ("cosine", 0.2)
-    assert (
-        importlib.import_module("configs.cifar10_lt").get_config("if50").dataset.imbalance_factor
-        == 50.0
-    )
+    assert config_file("cifar10_lt", "if50").dataset.imbalance_factor == 50.0
 
 
 def test_unknown_argument_and_variant_are_refused():
     with pytest.raises(ValueError, match="unknown config args"):
-        importlib.import_module("configs.cifar100_lt").get_config("if100,fast")
+        config_file("cifar100_lt", "if100,fast")
     with pytest.raises(ValueError, match="variant='papr'"):
         apply_variant(get_base_config(), "papr")
 
@@ -74,7 +71,26 @@ def test_inconsistent_values_fail_validation(field, value, message):
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        validate_config(config, num_devices=8)
+        validate_config(resolve_config(config), num_devices=8)
+
+
+def test_validation_refuses_an_unresolved_config_naming_the_field():
+    with pytest.raises(ConfigError, match="loss.hard_probs is None: this config was not resolved"):
+        validate_config(get_base_config(), num_devices=8)
+
+
+def test_resolved_config_is_locked():
+    config = resolve_config(get_base_config())
+    with pytest.raises(AttributeError):
+        config.loss.new_weight = 1.0
+
+
+def test_every_preset_is_an_allowed_value_of_its_field():
+    from ncl_jax.config.variants import PRESETS
+
+    for field, values in PRESETS.items():
+        if field in CHOICES:
+            assert set(values) <= set(CHOICES[field]), field
 
 
 @pytest.mark.parametrize(
@@ -93,4 +109,4 @@ def test_inconsistent_values_fail_validation(field, value, message):
 )
 def test_arguments_a_config_does_not_take_are_refused(name, arg):
     with pytest.raises(ValueError, match="unknown config arg"):
-        importlib.import_module(f"configs.{name}").get_config(arg)
+        config_file(name, arg)

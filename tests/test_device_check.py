@@ -13,9 +13,10 @@ import sys
 import jax
 import pytest
 
-from ncl_jax import cli, device_grid, device_report, memory_fit
-from ncl_jax import device_check as dc
+from ncl_jax import cli
 from ncl_jax.errors import ConfigError
+from ncl_jax.perf import device_check as dc
+from ncl_jax.perf import device_grid, device_report, memory_fit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.00GiB."
@@ -94,7 +95,7 @@ def test_reduced_grid_covers_each_axis_in_five_tiny_rows():
 
 
 def test_every_full_grid_row_is_a_valid_config_of_its_recipe_file():
-    from ncl_jax.config_utils import validate_config
+    from ncl_jax.config.validation import validate_config
 
     for spec in device_grid.make_grid("full").specs:
         config = device_grid.build_config(spec)

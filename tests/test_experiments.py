@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs.experiments import ABLATIONS
-from ncl_jax import builders
-from ncl_jax.train_step import pmap_train_step, replicate
-from ncl_jax.variants import resolve_config
-from tests.tiny import IMAGE, class_counts, global_batch, shard
+from ncl_jax.config import builders
+from ncl_jax.config.experiments import ABLATIONS
+from ncl_jax.config.variants import resolve_config
+from ncl_jax.core.train_step import pmap_train_step, replicate
+from tests.tiny import IMAGE, class_counts, config_file, global_batch, shard
 
 # (NIL-hard, BOD_all, BOD_hard, SS, experts): what each ablation keeps of NCL.
 EXPECTED = {
@@ -26,8 +26,7 @@ EXPECTED = {
 
 
 def _tiny(arg):
-    from configs.cifar10_lt import get_config
-
+    get_config = lambda arg=None: config_file("cifar10_lt", arg)
     config = get_config(arg)
     config.dataset.image_size = IMAGE
     config.model.width = 4

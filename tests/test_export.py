@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncl_jax import builders, checkpointing, cli, export, predict
-from ncl_jax.checkpointing import RunCheckpoints
+from ncl_jax import cli
+from ncl_jax.config import builders
+from ncl_jax.core.train_step import eval_step
+from ncl_jax.deploy import export, predict
 from ncl_jax.errors import ConfigError
-from ncl_jax.train_step import eval_step
+from ncl_jax.training import checkpointing
+from ncl_jax.training.checkpointing import RunCheckpoints
 from tests.tiny import IMAGE, NUM_CLASSES, class_counts, tiny_config
 
 NAMES = [f"name{i}" for i in range(NUM_CLASSES)]
@@ -347,12 +350,12 @@ def test_class_names_fall_back_to_placeholders_without_the_data(monkeypatch, tmp
 
 
 _FORBIDDEN = ("tensorflow", "tensorflow_datasets", "flax", "orbax", "ml_collections", "optax")
-_NCL_HEAVY = ("ncl_jax.models", "ncl_jax.data", "ncl_jax.train", "ncl_jax.builders")
+_NCL_HEAVY = ("ncl_jax.models", "ncl_jax.data", "ncl_jax.training.loop", "ncl_jax.config.builders")
 
 _PREDICT_WRAPPER = """
 import json, sys
 sys.argv = ["ncl-predict", *sys.argv[1:]]
-from ncl_jax.predict import cli
+from ncl_jax.deploy.predict import cli
 try:
     cli()
 except SystemExit as e:

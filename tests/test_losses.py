@@ -2,7 +2,7 @@
 
 The reference below is written from the paper (Eqs. 2-12) and from the description of the
 official code (docs/design.md), sample by sample with explicit loops, sharing no code with
-ncl_jax.losses. Gradients are checked against central finite differences of the reference.
+ncl_jax.core.losses. Gradients are checked against central finite differences of the reference.
 """
 
 import itertools
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncl_jax import losses
+from ncl_jax.core import losses
+from tests.tiny import loss_options
 
 # ----------------------------------------------------------------------------- numpy reference
 
@@ -132,15 +133,15 @@ def _inputs(seed=0, k=3, b=5, c=9, scale=2.0):
     return z, y, counts
 
 
-def _jax_loss(z, y, counts, variant, num_hard, anchor, **kw):
+def _jax_loss(z, y, counts, variant, num_hard, anchor, **fields):
+    """The loss with the LossOptions of `variant`'s resolved config, `num_hard` and `fields`
+    (e.g. distill_weight=0.4, balanced=False) replaced."""
     return losses.ncl_supervised_loss(
         jnp.asarray(z, jnp.float32),
         jnp.asarray(y),
         jnp.asarray(counts, jnp.float32),
-        num_hard=num_hard,
-        variant=variant,
-        anchor=anchor,
-        **kw,
+        options=loss_options(variant, num_hard=num_hard, **fields),
+        anchor_expert=anchor,
     )
 
 
@@ -196,7 +197,6 @@ def switch_reference(
 )
 def test_loss_switches_match_reference(balanced, distill_balanced, nil_hard_weight):
     z, y, counts = _inputs(4)
-    options = losses.LossOptions(balanced=balanced, distill_balanced=distill_balanced)
     loss, aux = _jax_loss(
         z,
         y,
@@ -206,7 +206,8 @@ def test_loss_switches_match_reference(balanced, distill_balanced, nil_hard_weig
         1,
         distill_weight=0.6,
         hard_distill_weight=0.4,
-        options=options,
+        balanced=balanced,
+        distill_balanced=distill_balanced,
         nil_hard_weight=nil_hard_weight,
     )
     ref, ref_aux = switch_reference(
@@ -240,7 +241,7 @@ def test_one_expert_with_every_ncl_term_off_is_exactly_bsce_or_ce(balanced):
         0,
         distill_weight=0.0,
         hard_distill_weight=0.0,
-        options=losses.LossOptions(balanced=balanced),
+        balanced=balanced,
         nil_hard_weight=0.0,
     )
     shift = np.log(counts) if balanced else 0.0
@@ -358,9 +359,8 @@ def test_random_anchor_can_be_traced():
 
 def test_teacher_stop_gradient_option_changes_only_gradients():
     z, y, counts = _inputs(11)
-    opts = losses.LossOptions.from_variant("paper", teacher_stop_gradient=True)
     plain = lambda v: _jax_loss(v, y, counts, "paper", 3, 0)[0]
-    stopped = lambda v: _jax_loss(v, y, counts, "paper", 3, 0, options=opts)[0]
+    stopped = lambda v: _jax_loss(v, y, counts, "paper", 3, 0, teacher_stop_gradient=True)[0]
     zj = jnp.asarray(z, jnp.float32)
     np.testing.assert_allclose(float(plain(zj)), float(stopped(zj)), rtol=1e-6)
     assert not np.allclose(np.asarray(jax.grad(plain)(zj)), np.asarray(jax.grad(stopped)(zj)))
@@ -377,14 +377,19 @@ def test_teacher_stop_gradient_option_changes_only_gradients():
         (dict(z=np.zeros((5, 9))), "rank 3"),
         (dict(z=np.zeros((0, 5, 9))), "K=0"),
         (dict(counts=np.array([0.0] + [1.0] * 8)), "class_counts must be > 0"),
-        (dict(variant="papr"), "variant='papr'"),
+        (dict(hard_probs="masked"), "loss.hard_probs='masked' is unknown"),
+        (dict(anchor="last"), "loss.anchor='last' is unknown"),
     ],
 )
 def test_bad_input_raises_before_compiling(kwargs, message):
     z, y, counts = _inputs(0)
     z = kwargs.pop("z", z)
     counts = kwargs.pop("counts", counts)
-    args = dict(num_hard=3, variant="paper")
-    args.update(kwargs)
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        losses.ncl_supervised_loss(z, y, counts, **args)
+        options = loss_options("paper", **{"num_hard": 3, **kwargs})
+        losses.ncl_supervised_loss(z, y, counts, options=options)
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="variant='papr'"):
+        loss_options("papr")

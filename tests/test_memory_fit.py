@@ -1,17 +1,15 @@
-"""Out of device memory (ncl_jax.memory_fit): recognising XLA's allocation failure, naming a
+"""Out of device memory (ncl_jax.perf.memory_fit): recognising XLA's allocation failure, naming a
 batch size that fits, and the one-line training error. CPUs cannot run out of memory, so the
 failures and memory figures are faked."""
 
 from __future__ import annotations
 
-import sys
-import types
-
 import jax
 import pytest
 
-from ncl_jax import benchmark, device_grid, main, memory_fit
+from ncl_jax import main
 from ncl_jax.errors import ConfigError
+from ncl_jax.perf import benchmark, device_grid, memory_fit
 from tests.tiny import smoke_config
 
 OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.00GiB."
@@ -73,7 +71,7 @@ def _raise_in(name: str):
 
 
 def test_out_of_memory_phase_tells_training_from_evaluation():
-    from ncl_jax.evaluate import evaluation_counts
+    from ncl_jax.evaluation.evaluate import evaluation_counts
 
     try:  # the per-epoch evaluation's pmapped step runs out of memory
         evaluation_counts(_raise_in("eval_counts_step"), None, [{}])
@@ -87,8 +85,6 @@ def test_out_of_memory_phase_tells_training_from_evaluation():
 
 
 def test_training_oom_becomes_one_error_naming_a_batch_that_fits(monkeypatch, tmp_path):
-    train = types.ModuleType("ncl_jax.train")  # the real one imports TensorFlow (seconds)
-    monkeypatch.setitem(sys.modules, "ncl_jax.train", train)
     gib = 2**30
     monkeypatch.setattr(memory_fit, "device_bytes_limit", lambda: 80 * gib)
     monkeypatch.setattr(memory_fit, "step_memory_bytes", lambda config: config.batch_size * gib)
@@ -96,7 +92,7 @@ def test_training_oom_becomes_one_error_naming_a_batch_that_fits(monkeypatch, tm
     def out_of_memory(config, workdir, *, resume_step=None):
         raise jax.errors.JaxRuntimeError(OOM)
 
-    train.train_and_evaluate = out_of_memory
+    monkeypatch.setattr(main, "train_and_evaluate", out_of_memory)
     config = smoke_config(batch_size=256)  # 8 devices here: halvings 128, 64 (fits), ...
     with pytest.raises(ConfigError) as err:
         main.train_reporting_oom(config, str(tmp_path))
@@ -121,21 +117,23 @@ def test_training_oom_becomes_one_error_naming_a_batch_that_fits(monkeypatch, tm
     with pytest.raises(ConfigError, match="batch_size=128 should fit \\(half; XLA gave no"):
         main.train_reporting_oom(config, str(tmp_path))
 
-    from ncl_jax.evaluate import evaluation_counts
+    from ncl_jax.evaluation.evaluate import evaluation_counts
 
-    train.train_and_evaluate = lambda *a, **k: evaluation_counts(
-        _raise_in("eval_counts_step"), None, [{}]
+    monkeypatch.setattr(
+        main,
+        "train_and_evaluate",
+        lambda *a, **k: evaluation_counts(_raise_in("eval_counts_step"), None, [{}]),
     )
     with pytest.raises(ConfigError, match=r"^eval_batch_size=128 does not fit .*evaluating"):
         main.train_reporting_oom(config, str(tmp_path))
-    train.train_and_evaluate = out_of_memory
+    monkeypatch.setattr(main, "train_and_evaluate", out_of_memory)
     with pytest.raises(ConfigError, match="already the smallest that splits over 8 devices"):
         main.train_reporting_oom(smoke_config(batch_size=8), str(tmp_path))
 
     def other(*args, **kwargs):
         raise RuntimeError("INTERNAL: not memory")
 
-    train.train_and_evaluate = other
+    monkeypatch.setattr(main, "train_and_evaluate", other)
     with pytest.raises(RuntimeError, match="INTERNAL"):
         main.train_reporting_oom(config, str(tmp_path))
 

@@ -1,9 +1,9 @@
-"""Metric definitions (ncl_jax.metrics) against numpy on small fixed inputs."""
+"""Metric definitions (ncl_jax.core.metrics) against numpy on small fixed inputs."""
 
 import jax.numpy as jnp
 import numpy as np
 
-from ncl_jax import metrics
+from ncl_jax.core import metrics
 
 RNG = np.random.default_rng(0)
 K, B, C = 3, 12, 5

@@ -1,12 +1,15 @@
-"""MoCo pieces on their own (ncl_jax.moco), against numpy; the step-level EMA and queue
+"""MoCo pieces on their own (ncl_jax.core.moco), against numpy; the step-level EMA and queue
 behaviour (order, all-gather, wrap-around inside the pmapped step) is in test_train_step.py."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncl_jax import moco
+from ncl_jax.config import builders
+from ncl_jax.core import moco
 from ncl_jax.models import init_stacked
 from ncl_jax.models.experts import jit_run_once
 from tests.tiny import IMAGE, tiny_config
@@ -49,9 +52,7 @@ def test_queues_start_as_unit_vectors_per_expert():
 
 @pytest.mark.parametrize("key_init", ["copy", "independent"])
 def test_key_encoders_are_copies_or_independent(key_init):
-    from ncl_jax.models import build_expert
-
-    expert = build_expert(tiny_config())
+    expert = builders.build_expert(tiny_config())
     sample = jnp.zeros((1, IMAGE, IMAGE, 3))
 
     def init(rng, key_rng):
@@ -80,6 +81,4 @@ def test_key_encoders_are_copies_or_independent(key_init):
 
 def test_unknown_key_init_is_refused():
     with pytest.raises(ValueError, match="moco.key_init='clone'"):
-        moco.init_key_encoders(
-            {}, expert=None, num_experts=1, rng=None, sample=None, key_init="clone"
-        )
+        dataclasses.replace(builders.moco_options(tiny_config()), key_init="clone")

@@ -12,6 +12,7 @@ from ncl_jax.models.experts import fusion_barrier, jit_run_once
 from ncl_jax.models.heads import CosineHead, LinearHead, ProjectionMLP
 from ncl_jax.models.resnet import ResNet
 from ncl_jax.models.resnet_cifar import BasicBlockA, ResNetCifar
+from tests.tiny import config_file
 
 
 def _count(tree):
@@ -258,9 +259,9 @@ def test_unbiased_running_variance_matches_pytorch_numpy_reference(devices):
 
 
 def test_official_preset_turns_on_the_unbiased_running_variance():
-    from configs.cifar100_lt import get_config
-    from ncl_jax.models import build_expert
-    from ncl_jax.variants import resolve_config
+    get_config = lambda arg=None: config_file("cifar100_lt", arg)
+    from ncl_jax.config.builders import build_expert
+    from ncl_jax.config.variants import resolve_config
 
     assert build_expert(resolve_config(get_config("official"))).bn_unbiased_variance
     assert not build_expert(resolve_config(get_config("paper"))).bn_unbiased_variance

@@ -15,10 +15,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ncl_jax import cli, train
-from ncl_jax.checkpointing import KINDS, RunCheckpoints
+from ncl_jax import cli
+from ncl_jax.core.metrics import tree_is_finite
 from ncl_jax.errors import CheckpointError, TrainingDiverged
-from ncl_jax.metrics import tree_is_finite
+from ncl_jax.training import loop
+from ncl_jax.training.checkpointing import KINDS, RunCheckpoints
 from tests.tiny import smoke_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def trained(tmp_path_factory):
     (evaluation rounds it up and masks the padding)."""
     workdir = tmp_path_factory.mktemp("trained")
     config = _smoke(**{"num_epochs": 3, "eval_batch_size": 100, "optim.milestones": (2,)})
-    result = train.train_and_evaluate(config, str(workdir))
+    result = loop.train_and_evaluate(config, str(workdir))
     return workdir, config, result
 
 
@@ -83,19 +84,19 @@ def test_a_blown_up_update_is_never_saved_and_the_message_names_a_finite_checkpo
         }
     )
     with pytest.raises(TrainingDiverged) as err:
-        train.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     saved = _saved_states(tmp_path)
     assert saved and all(tree_is_finite(state) for state in saved.values()), sorted(saved)
     newest = RunCheckpoints(tmp_path, read_only=True).latest_step()
     assert f"newest good checkpoint is step {newest} " in str(err.value), str(err.value)
     # Rerunning the same command resumes from that finite checkpoint (and diverges again).
     with pytest.raises(TrainingDiverged):
-        train.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
 
 
 def _corrupt_at(monkeypatch, at_step, corrupt):
     """Runs `corrupt` on the replicated state just before the step numbered `at_step`."""
-    real = train.pmap_train_step
+    real = loop.pmap_train_step
 
     def pmap_with_fault(cfg):
         step_fn, calls = real(cfg), {"n": 0}
@@ -108,7 +109,7 @@ def _corrupt_at(monkeypatch, at_step, corrupt):
 
         return faulty
 
-    monkeypatch.setattr(train, "pmap_train_step", pmap_with_fault)
+    monkeypatch.setattr(loop, "pmap_train_step", pmap_with_fault)
 
 
 def _nan_first_param(state):
@@ -127,7 +128,7 @@ def test_fault_injected_between_steps_stops_with_the_newest_finite_checkpoint_in
 ):
     _corrupt_at(monkeypatch, 4, corrupt)  # epoch 2 of 3 steps; checkpoint 3 exists
     with pytest.raises(TrainingDiverged, match="step 4 .* newest good checkpoint is step 3 "):
-        train.train_and_evaluate(_smoke(), str(tmp_path))
+        loop.train_and_evaluate(_smoke(), str(tmp_path))
     saved = _saved_states(tmp_path)
     assert ("checkpoints", 3) in saved and ("checkpoints", 6) not in saved
     assert all(tree_is_finite(state) for state in saved.values())
@@ -171,7 +172,7 @@ def _replace_with_nan_copy(workdir, step):
 def test_evaluate_refuses_a_non_finite_checkpoint_and_training_skips_it(
     trained, tmp_path, capsys, caplog
 ):
-    from ncl_jax.evaluate import evaluate_workdir
+    from ncl_jax.evaluation.evaluate import evaluate_workdir
 
     source, config, result = trained
     workdir = tmp_path / "nan"
@@ -188,7 +189,7 @@ def test_evaluate_refuses_a_non_finite_checkpoint_and_training_skips_it(
     # Training falls back to step 6, names the skipped checkpoint, keeps it, and ends where
     # the uninterrupted run ended.
     with caplog.at_level(logging.WARNING):
-        again = train.train_and_evaluate(config, str(workdir))
+        again = loop.train_and_evaluate(config, str(workdir))
     assert "Skipping checkpoint 9" in caplog.text and "set_aside" in caplog.text
     assert (workdir / "set_aside" / "checkpoints" / "9").is_dir()
     assert again["final"]["ensemble"]["top1"] == result["final"]["ensemble"]["top1"]
@@ -209,7 +210,7 @@ def test_unreadable_newest_checkpoint_falls_back_then_resumes_to_the_same_parame
     shutil.copytree(source, workdir)
     _damage(workdir / "checkpoints" / "9")
     with caplog.at_level(logging.WARNING):
-        train.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
     assert "Skipping checkpoint 9" in caplog.text
     kept = workdir / "set_aside" / "checkpoints" / "9"
     assert kept.is_dir()  # moved, never deleted
@@ -222,12 +223,12 @@ def test_resume_from_an_explicit_step_moves_newer_checkpoints_aside(trained, tmp
     source, config, result = trained
     workdir = tmp_path / "explicit"
     shutil.copytree(source, workdir)
-    again = train.train_and_evaluate(config, str(workdir), resume_step=6)
+    again = loop.train_and_evaluate(config, str(workdir), resume_step=6)
     assert (workdir / "set_aside" / "checkpoints" / "9").is_dir()
     assert again["step"] == 9
     assert again["final"]["ensemble"]["top1"] == result["final"]["ensemble"]["top1"]
     with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
-        train.train_and_evaluate(config, str(workdir), resume_step=5)
+        loop.train_and_evaluate(config, str(workdir), resume_step=5)
 
 
 def test_main_accepts_step_as_its_error_messages_suggest(trained, tmp_path):

@@ -13,16 +13,17 @@ import time
 import numpy as np
 import pytest
 
-from ncl_jax import report, sweep
+from ncl_jax import report as report_program
 from ncl_jax.errors import ConfigError
+from ncl_jax.evaluation import report
+from ncl_jax.training import sweep
+from tests.tiny import config_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _smoke():
-    from configs.smoke import get_config
-
-    return get_config()
+    return config_file("smoke")
 
 
 # ----------------------------------------------------------------------------- sweep grid
@@ -177,13 +178,13 @@ def test_report_cli_takes_the_directory_as_argument_or_workdir(tmp_path, capsys)
     )
     flags.FLAGS.unparse_flags()
     if "workdir" not in flags.FLAGS:
-        report._define_flags()
+        report_program._define_flags()
     flags.FLAGS(["ncl-report", f"--workdir={tmp_path}"])
     try:
-        report.main(["ncl-report"])
+        report_program.main(["ncl-report"])
         assert (tmp_path / report.REPORT_CSV).exists()
         with pytest.raises(SystemExit):
-            report.main(["ncl-report", str(tmp_path), "other"])
+            report_program.main(["ncl-report", str(tmp_path), "other"])
         assert "give one directory of runs" in capsys.readouterr().err
     finally:
         flags.FLAGS.unparse_flags()

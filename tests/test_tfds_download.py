@@ -3,7 +3,6 @@ environment can prepare it), and dataset.download="auto" fetches only the small 
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import time
@@ -18,6 +17,7 @@ from ncl_jax import data
 from ncl_jax.data import sources
 from ncl_jax.errors import ConfigError, DataError
 from tests.data_helpers import dataset_config
+from tests.tiny import config_file
 
 PUBLIC_BUILDERS = ("cifar10", "cifar100", "places365_small", "i_naturalist2018")
 
@@ -44,7 +44,7 @@ def reachable(url, **kwargs):
 
 def quick_dataset_config(data_dir: str):
     """The dataset section of the README quickstart (configs/cifar10_lt.py:quick), unchanged."""
-    cfg = importlib.import_module("configs.cifar10_lt").get_config("quick").dataset
+    cfg = config_file("cifar10_lt", "quick").dataset
     cfg.data_dir = data_dir
     return cfg
 

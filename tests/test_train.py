@@ -20,8 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ncl_jax import plots
-from ncl_jax.checkpointing import RunCheckpoints
+from ncl_jax.evaluation import plots
+from ncl_jax.training.checkpointing import RunCheckpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
@@ -329,3 +329,34 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(env
     assert "step 3 (epoch 2) produced a non-finite" in last, last
     assert "newest good checkpoint is step 3" in last, last
     assert RunCheckpoints(tmp_path, read_only=True).steps() == [3]
+
+
+# A program run with resolve_config wrapped to count its calls (patched before any ncl_jax
+# module binds it).
+_COUNTING = """
+import atexit, sys
+from ncl_jax.config import variants
+calls = []
+real = variants.resolve_config
+variants.resolve_config = lambda config: calls.append(1) or real(config)
+atexit.register(lambda: print(f"resolve_config calls: {len(calls)}", file=sys.stderr))
+import runpy
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def test_each_program_resolves_the_config_exactly_once(tmp_path, env):
+    workdir = tmp_path / "run"
+    train = _run(
+        [sys.executable, "-c", _COUNTING, "ncl_jax.main", "--config=configs/smoke.py",
+         f"--workdir={workdir}"],
+        env,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert "resolve_config calls: 1" in train.stderr
+    evaluate = _run(
+        [sys.executable, "-c", _COUNTING, "ncl_jax.evaluate", f"--workdir={workdir}"], env
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    assert "resolve_config calls: 1" in evaluate.stderr

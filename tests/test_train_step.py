@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncl_jax import builders, optim
-from ncl_jax.moco import ema_update
+from ncl_jax.config import builders
+from ncl_jax.core import optim
+from ncl_jax.core.moco import ema_update
+from ncl_jax.core.train_step import pmap_train_step, replicate
 from ncl_jax.models import apply_stacked
-from ncl_jax.train_step import pmap_train_step, replicate
 from tests.tiny import class_counts, global_batch, shard, tiny_config
 
 STEPS_PER_EPOCH = 4
@@ -100,11 +101,11 @@ def test_ema_moves_by_one_minus_momentum_and_queue_holds_gathered_keys(variant):
         ema_update(
             state.ema_params,
             state.params,
-            momentum=cfg.ema_momentum,
-            repeats=cfg.ema_repeats,
-            include_projector=cfg.ema_projector,
+            momentum=cfg.moco.momentum,
+            repeats=cfg.moco.ema_repeats,
+            include_projector=cfg.moco.ema_projector,
         )
-        if cfg.ema_before_keys
+        if cfg.moco.ema_before_keys
         else state.ema_params
     )
     out, _ = apply_stacked(
@@ -202,7 +203,7 @@ def test_bfloat16_step_keeps_state_loss_and_metrics_in_float32():
     """model.dtype=bfloat16 computes the backbones in bf16 only: params, optimiser state,
     BatchNorm statistics, EMA encoders, MoCo queue, loss and metrics stay float32. Checked on
     the shapes of the whole step (traced under vmap with the pmap axis name, not compiled)."""
-    from ncl_jax.train_step import AXIS, train_step
+    from ncl_jax.core.train_step import AXIS, train_step
 
     config = tiny_config("paper")
     config.model.dtype = "bfloat16"

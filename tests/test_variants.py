@@ -1,13 +1,13 @@
 """Variant presets and derived fields are resolved once, after every command-line override
-(ncl_jax.variants); the resolved config is what config.json records."""
+(ncl_jax.config.variants); the resolved config is what config.json records."""
 
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
 from ncl_jax import cli
+from ncl_jax.config.variants import PRESETS, VARIANTS, resolve_config
 from ncl_jax.errors import ConfigError
-from ncl_jax.variants import PRESETS, VARIANTS, resolve_config
 
 
 def _load(*args):
@@ -81,8 +81,8 @@ def test_unknown_variant_is_one_config_error():
 def test_training_records_the_resolved_config(tmp_path):
     import json
 
-    from ncl_jax.checkpointing import RunCheckpoints
-    from ncl_jax.config_utils import validate_config
+    from ncl_jax.config.validation import validate_config
+    from ncl_jax.training.checkpointing import RunCheckpoints
 
     config = _load("--config=configs/cifar100_lt.py:if100,official", "--config.loss.hard_ratio=0.5")
     resolved = resolve_config(config)
@@ -99,7 +99,7 @@ def test_a_config_written_before_the_new_fields_evaluates_and_resumes_as_trained
     values those runs were trained with, and resuming them is not refused."""
     import ml_collections
 
-    from ncl_jax.checkpointing import config_differences, config_to_dict
+    from ncl_jax.training.checkpointing import config_differences, config_to_dict
 
     current = resolve_config(
         _load(

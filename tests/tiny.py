@@ -1,9 +1,13 @@
 """Tiny configs and batches shared by the model/step tests (fast on 2 CPU cores)."""
 
+import dataclasses
+
 import numpy as np
 
-from configs.base import apply_variant, get_base_config
-from ncl_jax.variants import resolve_config
+from ncl_jax.config import builders
+from ncl_jax.config.base import get_base_config
+from ncl_jax.config.recipes import apply_variant, checkout_config
+from ncl_jax.config.variants import resolve_config
 
 NUM_CLASSES = 10
 IMAGE = 8
@@ -44,15 +48,24 @@ def shard(batch, num_devices):
     }
 
 
-def smoke_config(**overrides):
-    """configs/smoke.py with dotted-field overrides, e.g. smoke_config(**{"loss.num_hard": 2})."""
-    from configs.smoke import get_config
+def config_file(name: str, arg: str | None = None):
+    """configs/<name>.py (unresolved), built with `arg` as `--config=configs/<name>.py:arg`."""
+    return checkout_config(name, arg)
 
-    config = get_config()
+
+def loss_options(variant="paper", **overrides):
+    """The LossOptions of the resolved tiny config of `variant`, with fields replaced."""
+    return dataclasses.replace(builders.loss_options(tiny_config(variant)), **overrides)
+
+
+def smoke_config(*, resolved=True, **overrides):
+    """configs/smoke.py with dotted-field overrides, e.g. smoke_config(**{"loss.num_hard": 2}),
+    resolved as a program resolves it after the command line (or not, resolved=False)."""
+    config = config_file("smoke")
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = config
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return config
+    return resolve_config(config) if resolved else config

@@ -15,6 +15,7 @@ import numpy as np
 
 from ncl_jax.data import file_sources, sources
 from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
+from ncl_jax.data.splits import IndexedSplit, StreamedSplit
 from ncl_jax.errors import ConfigError, DataError
 
 __all__ = [
@@ -33,8 +34,8 @@ class ResolvedDataset:
     """The validated train / eval splits behind a DatasetInfo (used by the pipeline)."""
 
     info: DatasetInfo
-    train: sources.IndexedSplit | sources.StreamedSplit
-    eval: sources.IndexedSplit | sources.StreamedSplit
+    train: IndexedSplit | StreamedSplit
+    eval: IndexedSplit | StreamedSplit
 
 
 _KEY_FIELDS = (
@@ -82,7 +83,7 @@ def resolve(cfg: Any) -> ResolvedDataset:
         name=cfg.name,
         num_classes=cfg.num_classes,
         class_counts=counts,
-        num_train=int(counts.sum()) if isinstance(train, sources.StreamedSplit) else len(train),
+        num_train=int(counts.sum()) if isinstance(train, StreamedSplit) else len(train),
         num_eval=len(evals),
         class_names=names,
     )
@@ -111,7 +112,7 @@ def _label_names(builder: Any) -> tuple[str, ...]:
     return tuple(str(name) for name in builder.info.features["label"].names)
 
 
-def _long_tail(split: sources.IndexedSplit, cfg: Any) -> sources.IndexedSplit:
+def _long_tail(split: IndexedSplit, cfg: Any) -> IndexedSplit:
     """Applies the CIFAR-LT profile when imbalance_factor > 0 (0 keeps the split as is)."""
     if cfg.imbalance_factor == 0:
         return split
@@ -121,7 +122,7 @@ def _long_tail(split: sources.IndexedSplit, cfg: Any) -> sources.IndexedSplit:
     return split.subset(keep)
 
 
-def _counts(split: sources.IndexedSplit, num_classes: int) -> np.ndarray:
+def _counts(split: IndexedSplit, num_classes: int) -> np.ndarray:
     return np.bincount(split.labels, minlength=num_classes).astype(np.int64)
 
 
@@ -135,7 +136,7 @@ def _check_no_empty_class(counts: np.ndarray, where: str) -> None:
         )
 
 
-def _check_labels(split: sources.IndexedSplit, num_classes: int, where: str) -> None:
+def _check_labels(split: IndexedSplit, num_classes: int, where: str) -> None:
     if len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
         raise DataError(
             f"{where} has labels outside [0, {num_classes}); set --config.dataset.num_classes."

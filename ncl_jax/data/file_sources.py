@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ncl_jax.data.sources import IndexedSplit
+from ncl_jax.data.splits import IndexedSplit
 from ncl_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,9 +25,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ncl_jax.data import sources
+from ncl_jax.data import augment, sources
 from ncl_jax.data.datasets import DatasetInfo, get_dataset_info, resolve
 from ncl_jax.data.sharding import Shard, make_shard
+from ncl_jax.data.splits import IndexedSplit, StreamedSplit
 from ncl_jax.errors import ConfigError, DataError
 
 sources.hide_accelerators_from_tf()
@@ -35,10 +37,18 @@ View = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 Batch = dict[str, np.ndarray]
 
 
-def _make_view(name: str, *, image_size: int, normalization: str) -> View:
-    """The augmentation `name` from ncl_jax.data.augment (imported late: it is optional here)."""
-    from ncl_jax.data import augment
+# Each in-memory split's images (or paths) as one TF tensor, built once per split.
+_STORAGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+
+def _storage(split: IndexedSplit) -> tf.Tensor:
+    if split not in _STORAGE:
+        _STORAGE[split] = tf.constant(split.images if split.images is not None else split.paths)
+    return _STORAGE[split]
+
+
+def _make_view(name: str, *, image_size: int, normalization: str) -> View:
+    """The augmentation `name` from ncl_jax.data.augment."""
     return augment.make_view(name, image_size=image_size, normalization=normalization)
 
 
@@ -72,9 +82,9 @@ def _traced_view(factory: Callable, name: str, image_size: int, normalization: s
     return tf.function(view, input_signature=signature)
 
 
-def _loader(split: sources.IndexedSplit) -> Callable[[tf.Tensor], tf.Tensor]:
+def _loader(split: IndexedSplit) -> Callable[[tf.Tensor], tf.Tensor]:
     """Storage row -> uint8 [H, W, 3]: a gather from memory, or a file read and decode."""
-    storage = split.storage
+    storage = _storage(split)
     if split.images is not None:
         return lambda row: tf.gather(storage, row)
     return lambda row: sources.decode_image(tf.io.read_file(tf.gather(storage, row)))
@@ -164,7 +174,7 @@ def train_iterator(
     shard = dataclasses.replace(shard, first_step=start_step, last_step=steps)
     views = _views(cfg, [cfg.train_view, cfg.key_view] if two_views else [cfg.train_view])
     base_key = tf.constant([seed, epoch], tf.int64)
-    if isinstance(data.train, sources.IndexedSplit):
+    if isinstance(data.train, IndexedSplit):
         order = np.random.default_rng([seed, epoch]).permutation(len(data.train))
         ds = _indexed_train(cfg, data.train, order, shard, _augment_fn(views, base_key))
     else:
@@ -176,7 +186,7 @@ def train_iterator(
 
 
 def _indexed_train(
-    cfg: Any, split: sources.IndexedSplit, order: np.ndarray, shard: Shard, augment: Callable
+    cfg: Any, split: IndexedSplit, order: np.ndarray, shard: Shard, augment: Callable
 ) -> tf.data.Dataset:
     """The examples at this process's positions of the epoch order, augmented per position."""
     positions = shard.positions()
@@ -196,7 +206,7 @@ def _indexed_train(
     return ds.map(example, num_parallel_calls=_parallel(cfg), deterministic=True)
 
 
-def _stream_records(source: sources.StreamedSplit, **as_dataset_kwargs) -> tf.data.Dataset:
+def _stream_records(source: StreamedSplit, **as_dataset_kwargs) -> tf.data.Dataset:
     """(image bytes, int32 label) of a streamed TFDS split; list members only, list labels."""
     ds = source.builder.as_dataset(
         decoders={"image": tfds.decode.SkipDecoding()}, **as_dataset_kwargs
@@ -222,7 +232,7 @@ def _stream_records(source: sources.StreamedSplit, **as_dataset_kwargs) -> tf.da
 
 
 def _streamed_train(
-    cfg: Any, split: sources.StreamedSplit, shard: Shard, augment: Callable, stream_seed: int
+    cfg: Any, split: StreamedSplit, shard: Shard, augment: Callable, stream_seed: int
 ) -> tf.data.Dataset:
     """A seeded shuffle of this process's TFDS shard, then a spare reshuffled pass.
 
@@ -280,7 +290,7 @@ def eval_iterator(
         raise DataError(f"the eval split {cfg.eval_split!r} of {cfg.name!r} has no examples.")
     shard = dataclasses.replace(shard, last_step=-(-total // global_batch_size))
     (view,) = _views(cfg, [cfg.eval_view])
-    if isinstance(data.eval, sources.IndexedSplit):
+    if isinstance(data.eval, IndexedSplit):
         ds = _indexed_eval(cfg, data.eval, view, total, shard)
     else:
         ds = _streamed_eval(cfg, data.eval, view, total, shard)
@@ -288,7 +298,7 @@ def eval_iterator(
 
 
 def _indexed_eval(
-    cfg: Any, split: sources.IndexedSplit, view: View, total: int, shard: Shard
+    cfg: Any, split: IndexedSplit, view: View, total: int, shard: Shard
 ) -> tf.data.Dataset:
     """Positions 0..total-1 in order; padding positions repeat example 0 with mask False."""
     positions = shard.positions()
@@ -310,7 +320,7 @@ def _indexed_eval(
 
 
 def _streamed_eval(
-    cfg: Any, split: sources.StreamedSplit, view: View, total: int, shard: Shard
+    cfg: Any, split: StreamedSplit, view: View, total: int, shard: Shard
 ) -> tf.data.Dataset:
     """Every process reads the whole eval stream (image bytes only) and keeps its own slots.
 

@@ -13,8 +13,6 @@ Two kinds of split leave this module:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import re
@@ -29,6 +27,8 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ncl_jax.data.file_sources import read_split_list
+from ncl_jax.data.splits import IndexedSplit, StreamedSplit
 from ncl_jax.errors import ConfigError, DataError
 
 
@@ -72,43 +72,6 @@ NETWORK_ERRORS = (
     tfds.download.DownloadError,
 )
 REACHABLE_TIMEOUT_S = 15.0
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class IndexedSplit:
-    """Examples addressable by index: example i is `images[rows[i]]` or `paths[rows[i]]`."""
-
-    labels: np.ndarray  # int64 [N]
-    rows: np.ndarray  # int64 [N] storage row of each example
-    images: np.ndarray | None = None  # uint8 [M, H, W, 3] decoded images (small datasets)
-    paths: np.ndarray | None = None  # str [M] image files decoded in tf.data (large datasets)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, keep: np.ndarray) -> IndexedSplit:
-        """The examples at positions `keep`, in that order (storage is shared, not copied)."""
-        return dataclasses.replace(self, labels=self.labels[keep], rows=self.rows[keep])
-
-    @functools.cached_property
-    def storage(self) -> tf.Tensor:
-        """The image array or path list as one TF tensor, built once and gathered per example."""
-        return tf.constant(self.images if self.images is not None else self.paths)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class StreamedSplit:
-    """A TFDS split read as a stream; `labels_by_key` (from a list file) filters and relabels."""
-
-    builder: Any
-    split: str
-    num_examples: int
-    labels_by_key: dict[str, int] | None
-    key_feature: str
-    key_patterns: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return self.num_examples
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -351,7 +314,6 @@ def streamed_split(builder: Any, split: str, list_path: str, num_classes: int, f
     if not list_path:
         num = builder.info.splits[split].num_examples
         return StreamedSplit(builder, split, num, None, key_feature, patterns)
-    from ncl_jax.data.file_sources import read_split_list  # (it imports IndexedSplit)
 
     paths, labels = read_split_list(list_path, num_classes, field)
     labels_by_key: dict[str, int] = {}

@@ -34,6 +34,8 @@ FAST_COMPILE_OPTIONS = {
     "xla_llvm_disable_expensive_passes": True,
 }
 BACKBONES = ("resnet32_cifar",) + tuple(STAGE_SIZES)
+CLASSIFIERS = ("linear", "cosine")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: compute dtype
 
 
 class Expert(nn.Module):
@@ -80,7 +82,7 @@ class Expert(nn.Module):
         elif self.classifier == "cosine":
             self.head = CosineHead(self.num_classes, self.cos_scale)
         else:
-            raise ValueError(f"model.classifier={self.classifier!r}; use 'linear' or 'cosine'.")
+            raise ValueError(f"model.classifier={self.classifier!r}; use one of {CLASSIFIERS}.")
         self.projector = ProjectionMLP(self.projector_dim) if self.projector_dim > 0 else None
 
     def __call__(self, x, train: bool = False):

@@ -23,15 +23,15 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import traverse_util
 
-from ncl_jax import builders, data
-from ncl_jax.checkpointing import RunCheckpoints, write_json_atomically
-from ncl_jax.config_utils import validate_config
+from ncl_jax import data
+from ncl_jax.config import builders
+from ncl_jax.config.validation import validate_config
+from ncl_jax.core.metrics import MetricSums, eval_scalars, evaluation_result
+from ncl_jax.core.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
 from ncl_jax.errors import CheckpointError, TrainingDiverged
-from ncl_jax.evaluate import eval_batches, evaluation_counts
-from ncl_jax.metrics import MetricSums, eval_scalars, evaluation_result
-from ncl_jax.plots import per_class_image
-from ncl_jax.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
-from ncl_jax.variants import resolve_config
+from ncl_jax.evaluation.evaluate import eval_batches, evaluation_counts
+from ncl_jax.evaluation.plots import per_class_image
+from ncl_jax.training.checkpointing import RunCheckpoints, write_json_atomically
 
 # Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
 # is unfinished).
@@ -68,9 +68,10 @@ def train_and_evaluate(
     """Trains NCL as configured into `workdir` and returns the final metrics.
 
     resume_step: continue from that checkpoint step (any kind) instead of the newest one.
-    Raises ConfigError/DataError/CheckpointError for bad input before any compute, and
-    TrainingDiverged when a step produces a non-finite loss or state (metrics.all_finite)."""
-    config = resolve_config(config)  # after every override; config.json records the result
+    `config` must be resolved (ncl_jax.config.variants.resolve_config, once, by the program);
+    config.json records it. Raises ConfigError/DataError/CheckpointError for bad input before
+    any compute, and TrainingDiverged when a step produces a non-finite loss or state
+    (metrics.all_finite)."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -180,8 +181,8 @@ def train_and_evaluate(
                     correct,
                     totals,
                     group_masks,
-                    taus=step_cfg.eval_taus,
-                    aggregation=step_cfg.eval_aggregation,
+                    taus=step_cfg.eval.taus,
+                    aggregation=step_cfg.eval.aggregation,
                 )
                 writer.write_scalars(step, eval_scalars(last_eval))
                 if jax.process_index() == 0:

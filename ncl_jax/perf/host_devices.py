@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 from absl import logging
+from jax._src import xla_bridge
 
 from ncl_jax.errors import ConfigError
 
@@ -63,7 +64,6 @@ def configure(
     flags = os.environ.get("XLA_FLAGS", "")
     if FLAG in flags:
         return None
-    from jax._src import xla_bridge  # no public way to ask "has a backend started?"
 
     if xla_bridge.backends_are_initialized():
         logging.warning("cpu_devices not applied: JAX had already started its backends.")

@@ -29,9 +29,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
-from ncl_jax.errors import CheckpointError, TrainingDiverged
-from ncl_jax.metrics import tree_is_finite
+from ncl_jax.config.variants import LEGACY_DEFAULTS
+from ncl_jax.core.metrics import tree_is_finite
+from ncl_jax.errors import CheckpointError, ConfigError, TrainingDiverged
 
 KINDS = ("checkpoints", "best_ensemble", "best_single")
 NONFINITE = "NaN, Inf or |x| >= 2^64"
@@ -62,8 +64,7 @@ def _flatten(tree: dict) -> dict[str, Any]:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Fields (dotted) whose values differ, ignoring those in RESUMABLE_FIELDS. A field the
-    saved config predates counts as its legacy value (ncl_jax.variants.LEGACY_DEFAULTS)."""
-    from ncl_jax.variants import LEGACY_DEFAULTS
+    saved config predates counts as its legacy value (ncl_jax.config.variants.LEGACY_DEFAULTS)."""
 
     a, b = {**LEGACY_DEFAULTS, **_flatten(saved)}, _flatten(current)
     keys = sorted(set(a) | set(b))
@@ -76,7 +77,6 @@ CHECKPOINT_CHOICES = ("latest", "best_ensemble", "best_single")
 def parse_checkpoint(value: str | int | None) -> str | int | None:
     """A `--checkpoint` flag: None (the program's default), latest | best_ensemble |
     best_single, or a step number (int). Raises ConfigError otherwise."""
-    from ncl_jax.errors import ConfigError
 
     if value is None or str(value).strip() == "":
         return None
@@ -330,8 +330,6 @@ class RunCheckpoints:
                     source.rename(target)
                 moved.append(os.fspath(target))
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("ncl_jax_set_aside")
         self._open()
         return moved

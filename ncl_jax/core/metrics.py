@@ -8,9 +8,12 @@ per-class correct counts; `accuracy_summary` turns those into the evaluation JSO
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 NONFINITE_KEY = "first_nonfinite_step"
 GROUPS = ("many", "medium", "few")
@@ -96,8 +99,6 @@ class MetricSums:
         host = jax.device_get(self._total)
         self._total = None
         if jax.process_count() > 1:  # every process logs the same global means
-            from jax.experimental import multihost_utils
-
             host = multihost_utils.process_allgather(host)
         first_bad = int(np.min(host.pop(NONFINITE_KEY, _NO_STEP)))
         means = {}
@@ -109,6 +110,28 @@ class MetricSums:
 
 # ---------------------------------------------------------------------------- evaluation
 AGGREGATIONS = ("mean_logits", "mean_probs")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation scores the ensemble and which post-hoc adjustments it reports, one
+    per `eval_*` config field (`eval_aggregation`, `eval_tau`; filled by
+    `ncl_jax.config.builders`). No defaults here: the config owns them."""
+
+    aggregation: str  # AGGREGATIONS: mean of the experts' logits (paper) or probabilities
+    tau: tuple[float, ...]  # logit adjustments z - tau log(prior) reported besides raw logits
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"eval_aggregation={self.aggregation!r} is unknown; use one of {AGGREGATIONS}."
+            )
+
+    @property
+    def taus(self) -> tuple[float, ...]:
+        """0 (the raw logits, always reported first), then the other taus, once each."""
+        others = [float(t) for t in self.tau if float(t) != 0]
+        return (0.0, *dict.fromkeys(others))
 
 
 def ensemble_scores(logits, aggregation: str = "mean_logits"):

@@ -5,18 +5,18 @@ Shapes: logits are float[K, B, C] raw classifier outputs of K experts, labels in
 class_counts float[C]. Losses are averaged over the batch and summed over experts, as in both
 the paper and the official code. All arithmetic runs in float32 whatever the compute dtype.
 
-The two readings of NCL differ in four places, each a field of `LossOptions`:
+`LossOptions` holds every choice and weight of the supervised part, one field per `loss.*`
+config field of the same name (filled by `ncl_jax.config.builders`). The two readings of NCL
+differ in five of them (presets in `ncl_jax.config.variants.PRESETS`):
   hard_probs     "restricted": softmax over the hard set Psi only (Eq. 4);
                  "masked_logits": balanced logits times a 0/1 mask, the zeros stay in the
                  softmax (official `loss.py`).
   nil_hard_set   "per_expert": each expert mines its own Psi (Eq. 3); "anchor": one shared set.
+  anchor         which expert mines the shared hard set: "random" per step, or "first" (expert
+                 0); the step draws it and passes its index as `anchor_expert`.
   distill_norm   "pairs": 1/(K(K-1)) over ordered pairs (Eqs. 8-9); "experts": 1/(K-1).
   distill_log_eps  0: exact log-softmax; 1e-9: the official log(softmax + 1e-9) on the student.
-A fifth difference, which expert mines the shared hard set (a random one per step, or expert 0),
-is the `anchor` argument of `ncl_supervised_loss`, chosen by the caller. The presets of both
-variants live in one table, `ncl_jax.variants.PRESETS`.
-
-Two more fields switch NCL's components off for the paper's baselines and ablations:
+Two more switch NCL's components off for the paper's baselines and ablations:
   balanced          False: plain softmax (z instead of z + log n) in NIL and NBOD, i.e. CE
                     (the CE column of Tables 4-5); with K=1 and no other term, exactly CE.
   distill_balanced  False: NBOD distils unbalanced probabilities (NOD, Fig. 6a) while NIL
@@ -26,7 +26,6 @@ Two more fields switch NCL's components off for the paper's baselines and ablati
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -37,36 +36,43 @@ import numpy as np
 _EXCLUDED_LOGIT = -1e30
 
 
+HARD_PROBS = ("restricted", "masked_logits")
+NIL_HARD_SETS = ("per_expert", "anchor")
+ANCHORS = ("random", "first")
+DISTILL_NORMS = ("pairs", "experts")
+
+
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
-    """The named choices that separate the paper's NCL from the official code's."""
+    """The supervised loss's weights and choices (Eq. 12 without L_con), one per `loss.*`
+    config field of the same name; no defaults here: the config (`ncl_jax.config.base`) owns
+    them. Raises ValueError for a choice outside the lists above."""
 
-    hard_probs: Literal["restricted", "masked_logits"] = "restricted"
-    nil_hard_set: Literal["per_expert", "anchor"] = "per_expert"
-    distill_norm: Literal["pairs", "experts"] = "pairs"
-    distill_log_eps: float = 0.0
-    teacher_stop_gradient: bool = False
-    balanced: bool = True
-    distill_balanced: bool = True
-
-    @classmethod
-    def from_variant(cls, variant: str, **overrides) -> LossOptions:
-        """The variant's loss presets (ncl_jax.variants.PRESETS), then `overrides`."""
-        from ncl_jax.variants import loss_presets
-
-        return cls(**{**loss_presets(variant), **overrides})
+    num_hard: int  # hard NEGATIVE classes in Psi (official HCM_N - 1)
+    nil_hard_weight: float  # NIL = NIL-all + nil_hard_weight * NIL-hard (1 in NCL)
+    distill_weight: float  # lambda on NBOD-all
+    hard_distill_weight: float  # lambda on NBOD-hard
+    balanced: bool
+    distill_balanced: bool
+    hard_probs: str  # HARD_PROBS
+    nil_hard_set: str  # NIL_HARD_SETS
+    anchor: str  # ANCHORS
+    distill_norm: str  # DISTILL_NORMS
+    distill_log_eps: float
+    teacher_stop_gradient: bool  # stop gradients through the KL target (DML-style)
 
     def __post_init__(self):
-        _check_choice("hard_probs", self.hard_probs, ("restricted", "masked_logits"))
-        _check_choice("nil_hard_set", self.nil_hard_set, ("per_expert", "anchor"))
-        _check_choice("distill_norm", self.distill_norm, ("pairs", "experts"))
+        _check_choice("hard_probs", self.hard_probs, HARD_PROBS)
+        _check_choice("nil_hard_set", self.nil_hard_set, NIL_HARD_SETS)
+        _check_choice("anchor", self.anchor, ANCHORS)
+        _check_choice("distill_norm", self.distill_norm, DISTILL_NORMS)
         if self.distill_log_eps < 0:
             raise ValueError(f"distill_log_eps={self.distill_log_eps} must be >= 0.")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is unknown; use one of {choices}.")
+        raise ValueError(f"loss.{name}={value!r} is unknown; use one of {choices}.")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -221,35 +227,23 @@ def nbod_hard(
 # ----------------------------------------------------------------------------- Eq. 12 (sup. part)
 
 
-def ncl_supervised_loss(
-    logits,
-    labels,
-    class_counts,
-    *,
-    num_hard: int,
-    distill_weight: float = 0.6,
-    hard_distill_weight: float = 0.6,
-    variant: str = "paper",
-    anchor=0,
-    options: LossOptions | None = None,
-    nil_hard_weight: float = 1.0,
-):
+def ncl_supervised_loss(logits, labels, class_counts, *, options: LossOptions, anchor_expert=0):
     """L_nil + lambda * L_dis (Eqs. 5-10, 12 without L_con), paper or official form.
 
-    logits float[K, B, C] raw; labels int[B]; class_counts float[C] (> 0); num_hard = number
-    of hard NEGATIVE classes (official HCM_N - 1); anchor = expert index (int or traced
-    scalar) whose raw logits mine the shared hard set. `options` overrides the variant preset.
-    nil_hard_weight scales NIL-hard (1 in NCL: NIL = NIL-all + NIL-hard; 0 removes it).
+    logits float[K, B, C] raw; labels int[B]; class_counts float[C] (> 0); anchor_expert =
+    expert index (int or traced scalar) whose raw logits mine the shared hard set.
     Returns (loss, aux) with aux = nil_all, nil_hard, nbod_all, nbod_hard (before weights).
+    Raises ValueError for bad shapes, counts or num_hard (validate_loss_inputs).
     """
+    opts = options
+    num_hard = opts.num_hard
     validate_loss_inputs(logits, labels, class_counts, num_hard)
-    opts = options if options is not None else LossOptions.from_variant(variant)
     k = logits.shape[0]
     raw = logits.astype(jnp.float32)
     balanced = balanced_logits(logits, class_counts)
     nil_logits = balanced if opts.balanced else raw
     distill_logits = balanced if opts.balanced and opts.distill_balanced else raw
-    anchor_mask = hard_category_mask(jnp.take(logits, anchor, axis=0), labels, num_hard)
+    anchor_mask = hard_category_mask(jnp.take(logits, anchor_expert, axis=0), labels, num_hard)
 
     if opts.nil_hard_set == "per_expert":
         nil_masks = jax.vmap(hard_category_mask, in_axes=(0, None, None))(logits, labels, num_hard)
@@ -273,9 +267,9 @@ def ncl_supervised_loss(
     }
     loss = (
         aux["nil_all"]
-        + nil_hard_weight * aux["nil_hard"]
-        + distill_weight * aux["nbod_all"]
-        + hard_distill_weight * aux["nbod_hard"]
+        + opts.nil_hard_weight * aux["nil_hard"]
+        + opts.distill_weight * aux["nbod_all"]
+        + opts.hard_distill_weight * aux["nbod_hard"]
     )
     return loss, aux
 

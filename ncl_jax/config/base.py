@@ -2,22 +2,20 @@
 
 Dataset files (`cifar100_lt.py`, ...) start from `get_base_config()` and change only what
 differs. Fields that the variant (`paper` / `official`) presets are None here and are filled by
-`ncl_jax.variants.resolve_config` after every override, so that the two readings of NCL are
+`ncl_jax.config.variants.resolve_config` after every override, so that the two readings of NCL are
 consistent sets of named fields (docs/design.md, "Paper and official code").
 
 Durations are in epochs; steps are derived from them once the data is known
-(`ncl_jax.train.resolve_steps_per_epoch`).
+(`ncl_jax.training.loop.resolve_steps_per_epoch`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from ncl_jax.variants import VARIANTS, check_variant
-
 
 def _from_variant(field_type: type) -> ml_collections.FieldReference:
-    """None until ncl_jax.variants.resolve_config fills it from the variant (after every
+    """None until ncl_jax.config.variants.resolve_config fills it from the variant (after every
     override); typed, so that --config.x=value parses."""
     return ml_collections.FieldReference(None, field_type=field_type)
 
@@ -115,7 +113,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     o.cosine_min_lr = 1e-4  # floor of the per-epoch cosine schedule
     c.sync_batch_stats = True  # BatchNorm statistics over the whole global batch (SyncBN)
     c.cpu_devices = -1  # CPU hosts only: XLA devices to split the host into; -1 = one per
-    #                   core when the batches split evenly (ncl_jax.host_devices); 1 = off
+    #                   core when the batches split evenly (ncl_jax.perf.host_devices); 1 = off
 
     # ---------------------------------------------------------------- evaluation / logging
     c.eval_every_epochs = 1  # evaluate on dataset.eval_split every N epochs
@@ -127,48 +125,3 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2  # newest periodic checkpoints kept (the final one is the newest);
     #                         best_ensemble / best_single keep one each
     return c
-
-
-def apply_variant(
-    config: ml_collections.ConfigDict, variant: str, *, file_presets: bool = False
-) -> ml_collections.ConfigDict:
-    """Chooses the variant. The fields it presets stay None here and are filled by
-    `ncl_jax.variants.resolve_config` after all overrides. file_presets=True records that the
-    calling config file also set fields from `variant` itself, so that a later change of
-    `variant` is refused instead of half applied."""
-    check_variant(variant)
-    config.variant = variant
-    config.preset_variant = variant if file_presets else ""
-    return config
-
-
-def parse_args(
-    arg: str | None, *, keys: tuple[str, ...] = (), imbalance: bool = False
-) -> dict[str, str]:
-    """Parses a config arg such as "if50,official,ablation=nil" into {"if": "50", "variant":
-    "official", "ablation": "nil"}; other plain tokens are joined under "flags". A key=value
-    token whose key is not in `keys`, or ifN without `imbalance`, is refused (ValueError),
-    never ignored."""
-    out: dict[str, str] = {}
-    for token in filter(None, (arg or "").replace(":", ",").split(",")):
-        if "=" in token:
-            key, value = token.split("=", 1)
-            if key not in keys:
-                raise ValueError(
-                    f"unknown config arg {token!r}; this config takes "
-                    f"{', '.join(k + '=...' for k in keys) or 'no key=value arguments'}."
-                )
-            out[key] = value
-        elif token in VARIANTS:
-            out["variant"] = token
-        elif token.startswith("if") and token[2:].replace(".", "", 1).isdigit():
-            if not imbalance:
-                raise ValueError(
-                    f"unknown config arg {token!r}: this dataset is long-tailed as published "
-                    "(only the CIFAR configs take ifN); set --config.dataset.imbalance_factor."
-                )
-            out["if"] = token[2:]
-        else:
-            out.setdefault("flags", "")
-            out["flags"] += ("," if out["flags"] else "") + token
-    return out

@@ -14,7 +14,13 @@ import gc
 import os
 from collections.abc import Callable
 
+import jax
+
+from ncl_jax.config import builders
+from ncl_jax.core.train_step import pmap_train_step
 from ncl_jax.errors import ConfigError
+from ncl_jax.evaluation.evaluate import evaluation_counts
+from ncl_jax.perf import benchmark
 
 MEMORY_FRACTION = 0.95  # of bytes_limit a step may use by XLA's estimate (fragmentation)
 
@@ -79,7 +85,6 @@ def fitting_batch_size(
 def device_bytes_limit() -> int | None:
     """Bytes the first local device's allocator may use (GPU/TPU); None where not reported
     (CPU, or a JAX whose Device.memory_stats is missing or returns None)."""
-    import jax
 
     try:
         stats = jax.local_devices()[0].memory_stats() or {}
@@ -93,10 +98,6 @@ def step_memory_bytes(config) -> int | None:
     """XLA's per-device memory estimate of the pmapped train step of `config` (arguments +
     outputs + temporaries - donated), from compiling it on abstract shapes: nothing is
     allocated on the device. None where the backend gives no memory analysis."""
-    import jax
-
-    from ncl_jax import benchmark, builders
-    from ncl_jax.train_step import pmap_train_step
 
     devices = jax.local_devices()
     n = len(devices)
@@ -121,7 +122,6 @@ def out_of_memory_phase(err: BaseException) -> str | None:
     evaluation (ncl_jax.evaluate.evaluation_counts), else "train"."""
     if not is_out_of_memory(err):
         return None
-    from ncl_jax.evaluate import evaluation_counts
 
     tb = err.__traceback__
     while tb is not None:
@@ -135,13 +135,8 @@ def out_of_memory_error(config, *, phase: str, workdir: str | None = None) -> Co
     """The one-line error for a training run that ran out of device memory: the batch size
     that failed and one that fits (`fitting_batch_size`; the train step's memory is estimated
     by compiling it, the evaluation's is not). Call it after leaving the `except` block, so
-    that the failed step's buffers are freed first. Writes nothing."""
-    import jax
-
-    from ncl_jax.variants import resolve_config
-
+    that the failed step's buffers are freed first. `config` is resolved. Writes nothing."""
     gc.collect()
-    config = resolve_config(config)
     field = "batch_size" if phase == "train" else "eval_batch_size"
     failed = int(config[field])
 

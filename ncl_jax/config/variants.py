@@ -1,10 +1,12 @@
 """The paper's NCL and the official code's, as one table of presets resolved after overrides.
 
 Every config field whose value depends on the variant (or on other fields) is None in a
-config until `resolve_config` fills it, which the programs call once, after the config file
-and every command-line override have been applied. A value the user set is never replaced, so
-`--config.loss.hard_probs=restricted` wins over the official preset, and the resolved config
-is what `config.json` records and what is logged.
+config until `resolve_config` fills it. Each program calls it exactly once, right after the
+config file and every command-line override have been applied (or once on a saved run's
+config.json, `ncl_jax.training.saved_runs.read_run_config`), and hands the locked result
+down; everything below checks `require_resolved` instead of resolving again. A value the user
+set is never replaced, so `--config.loss.hard_probs=restricted` wins over the official
+preset, and the resolved config is what `config.json` records and what is logged.
 
 Fields derived from others follow the variant's rule at resolution time, so overriding the
 field they derive from takes effect:
@@ -28,8 +30,7 @@ from ncl_jax.errors import ConfigError
 
 VARIANTS = ("paper", "official")
 
-# field: (paper, official). The one table: losses.LossOptions.from_variant and the configs
-# read it; nothing else holds a second copy.
+# field: (paper, official). The one table of presets; nothing else holds a second copy.
 PRESETS: dict[str, tuple[Any, Any]] = {
     "loss.hard_probs": ("restricted", "masked_logits"),
     "loss.nil_hard_set": ("per_expert", "anchor"),
@@ -61,20 +62,12 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.bn_unbiased_variance": False,
 }
 
-_LOSS_OPTION_FIELDS = ("hard_probs", "nil_hard_set", "distill_norm", "distill_log_eps")
-
 
 def check_variant(variant: str) -> int:
     """Index of `variant` in VARIANTS; ConfigError for anything else."""
     if variant not in VARIANTS:
         raise ConfigError(f"variant={variant!r} is unknown; use one of {VARIANTS}.")
     return VARIANTS.index(variant)
-
-
-def loss_presets(variant: str) -> dict[str, Any]:
-    """The LossOptions fields that the variant presets."""
-    index = check_variant(variant)
-    return {name: PRESETS[f"loss.{name}"][index] for name in _LOSS_OPTION_FIELDS}
 
 
 _MISSING = object()
@@ -98,8 +91,9 @@ def _set(config, dotted: str, value) -> None:
 
 
 def resolve_config(config):
-    """A copy of `config` with every field left None filled from the variant (PRESETS) or
-    derived from other fields (DERIVED); fields already set are kept. Idempotent.
+    """A locked copy of `config` (no field can be added) with every field left None filled
+    from the variant (PRESETS) or derived from other fields (DERIVED); fields already set are
+    kept. Idempotent, but meant to run once per program.
 
     Raises ConfigError for an unknown variant, or when `variant` was changed after the config
     file chose its own per-variant presets (`preset_variant`)."""
@@ -122,4 +116,16 @@ def resolve_config(config):
     for dotted, rules in DERIVED.items():
         if _get(resolved, dotted) is None:
             _set(resolved, dotted, rules[index](resolved))
+    resolved.lock()
     return resolved
+
+
+def require_resolved(config) -> None:
+    """ConfigError naming the first field that `resolve_config` would still fill: what every
+    function below the programs calls instead of resolving again."""
+    for dotted in (*PRESETS, *DERIVED):
+        if _get(config, dotted) is None or _get(config, dotted) is _MISSING:
+            raise ConfigError(
+                f"{dotted} is None: this config was not resolved; call "
+                "ncl_jax.config.variants.resolve_config once, after every override."
+            )

@@ -1,7 +1,7 @@
 """The analysis pass: one evaluation of each run, reduced on device to what `analyze` reports.
 
 Per batch and run, a pmapped step computes the experts' logits and reduces them at once to
-per-class and per-bin sums (ncl_jax.metrics: correct counts per adjustment tau, symmetric KL
+per-class and per-bin sums (ncl_jax.core.metrics: correct counts per adjustment tau, symmetric KL
 between expert pairs, calibration bins, the hardest negative's histogram, the ensemble's
 confusion matrix), psum'ed over devices and accumulated on device; only the ensemble's
 log-probabilities of the current batch stay on device to compare runs. The host receives the
@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncl_jax import metrics
-from ncl_jax.train_step import AXIS, eval_step, replicate, unreplicate
+from ncl_jax.core import metrics
+from ncl_jax.core.train_step import AXIS, eval_step, replicate, unreplicate
+from ncl_jax.data.long_tail import GROUP_RULES
 
 # A confusion matrix costs C^2 floats per device; beyond this it is skipped (ImageNet-LT's
 # 1,000 classes take 4 MB, iNaturalist's 8,142 would take 265 MB).
@@ -63,8 +64,8 @@ def _analysis_step(state, batch, *, cfg, with_confusion):
         batch["label"],
         batch["mask"],
         jnp.log(counts / jnp.sum(counts)),
-        taus=cfg.eval_taus,
-        aggregation=cfg.eval_aggregation,
+        taus=cfg.eval.taus,
+        aggregation=cfg.eval.aggregation,
         with_confusion=with_confusion,
     )
     return jax.lax.psum(sums, AXIS), ensemble_log_probs
@@ -174,7 +175,6 @@ def model_names(num_experts: int) -> list[str]:
 def summarize(sums: dict[str, np.ndarray], *, info, taus, class_names) -> dict:
     """The analysis.json body of one run from its pass sums (numbers only; metadata is added
     by the caller). Accuracies in percent, ECE and probabilities as fractions, KL in nats."""
-    from ncl_jax.data.long_tail import GROUP_RULES
 
     correct, totals = np.asarray(sums["correct"], np.float64), np.asarray(sums["totals"])
     num_experts = correct.shape[1] - 1
@@ -265,7 +265,6 @@ def _kl_experts(kl: np.ndarray, totals: np.ndarray, groups: dict, num_experts: i
 
 def kl_between(kl: np.ndarray, totals: np.ndarray, info) -> dict:
     """Per-class and per-group mean symmetric KL between two runs' ensembles."""
-    from ncl_jax.data.long_tail import GROUP_RULES
 
     kl = np.asarray(kl, np.float64)
     return {

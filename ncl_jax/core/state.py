@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from ncl_jax.moco import init_key_encoders, init_queues
+from ncl_jax.core.moco import MocoOptions, init_key_encoders, init_queues
 from ncl_jax.models import Expert, init_stacked
 from ncl_jax.models.experts import num_experts_of
 
@@ -41,12 +41,10 @@ def train_state_initializer(
     num_experts: int,
     tx: optax.GradientTransformation,
     image_shape: tuple[int, int, int],
-    moco: bool,
-    queue_size: int = 0,
-    key_init: str = "copy",
+    moco: MocoOptions | None,
 ):
     """fn(rng) -> TrainState: K independent experts (with MoCo: key encoders and queues,
-    `ncl_jax.moco`). Run it under jit (`models.experts.jit_run_once`) for the initial state,
+    `ncl_jax.core.moco`). Run it under jit (`models.experts.jit_run_once`) for the initial state,
     or under jax.eval_shape for a restore target."""
     if num_experts < 1:
         raise ValueError(f"model.num_experts={num_experts}: NCL needs at least one expert.")
@@ -57,17 +55,17 @@ def train_state_initializer(
         variables = init_stacked(expert, num_experts, init_rng, sample)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         ema_params = ema_batch_stats = queue = queue_ptr = None
-        if moco:
+        if moco is not None:
             ema_params, ema_batch_stats = init_key_encoders(
                 variables,
                 expert=expert,
                 num_experts=num_experts,
                 rng=key_rng,
                 sample=sample,
-                key_init=key_init,
+                key_init=moco.key_init,
             )
             queue, queue_ptr = init_queues(
-                queue_rng, num_experts=num_experts, size=queue_size, dim=expert.projector_dim
+                queue_rng, num_experts=num_experts, size=moco.queue_size, dim=expert.projector_dim
             )
         return TrainState(
             step=jnp.zeros((), jnp.int32),

@@ -1,30 +1,39 @@
-"""Config validation and the values derived from it, resolved in one place.
-
-Everything here runs before any compilation, so a bad config fails in a second with one line
-(`ConfigError`) that names the field and the fix.
+"""Config validation: every check that needs no data and no compilation, on a resolved config,
+so a bad config fails in a second with one line (`ConfigError`) that names the field and the
+fix.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from ncl_jax.config.variants import VARIANTS, require_resolved
+from ncl_jax.core.losses import ANCHORS, DISTILL_NORMS, HARD_PROBS, NIL_HARD_SETS
+from ncl_jax.core.metrics import AGGREGATIONS
+from ncl_jax.core.moco import KEY_INITS
+from ncl_jax.core.optim import SCHEDULES
+from ncl_jax.data.long_tail import GROUP_RULES
+from ncl_jax.data.normalization import NORMALIZATION
 from ncl_jax.errors import ConfigError
-from ncl_jax.models import BACKBONES, STRATEGIES
-from ncl_jax.variants import resolve_config
+from ncl_jax.models import BACKBONES, CLASSIFIERS, DTYPES, STRATEGIES
 
-_CHOICES = {
-    "variant": ("paper", "official"),
+# Every field with a fixed set of values -> that set, as defined by the code that implements
+# the choice (one list per field; nothing here is a second copy).
+CHOICES: dict[str, tuple] = {
+    "variant": VARIANTS,
     "model.backbone": BACKBONES,
-    "model.classifier": ("linear", "cosine"),
+    "model.classifier": CLASSIFIERS,
     "model.expert_strategy": ("auto", *STRATEGIES),
-    "model.dtype": ("float32", "bfloat16"),
-    "loss.hard_probs": ("restricted", "masked_logits"),
-    "loss.nil_hard_set": ("per_expert", "anchor"),
-    "loss.anchor": ("random", "first"),
-    "loss.distill_norm": ("pairs", "experts"),
-    "moco.key_init": ("copy", "independent"),
-    "optim.schedule": ("warmup_multistep", "cosine"),
-    "group_rule": ("paper", "official"),
+    "model.dtype": tuple(DTYPES),
+    "loss.hard_probs": HARD_PROBS,
+    "loss.nil_hard_set": NIL_HARD_SETS,
+    "loss.anchor": ANCHORS,
+    "loss.distill_norm": DISTILL_NORMS,
+    "moco.key_init": KEY_INITS,
+    "optim.schedule": SCHEDULES,
+    "group_rule": GROUP_RULES,
+    "eval_aggregation": AGGREGATIONS,
+    "dataset.normalization": tuple(NORMALIZATION),
 }
 
 
@@ -35,19 +44,13 @@ def _get(config, dotted: str):
     return value
 
 
-def resolve_num_hard(config: ml_collections.ConfigDict) -> int:
-    """Number of hard NEGATIVE classes: loss.num_hard if set, else derived from hard_ratio by
-    the variant's rule (ncl_jax.variants.DERIVED)."""
-    return int(resolve_config(config).loss.num_hard)
-
-
 def validate_config(
     config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1
 ) -> None:
-    """Raises ConfigError for the first inconsistent value, before any compute. Checks the
-    resolved config (ncl_jax.variants.resolve_config), whatever it is given."""
-    config = resolve_config(config)
-    for dotted, choices in _CHOICES.items():
+    """Raises ConfigError for the first inconsistent value, before any compute; `config` must
+    be resolved (ncl_jax.config.variants.resolve_config)."""
+    require_resolved(config)
+    for dotted, choices in CHOICES.items():
         if _get(config, dotted) not in choices:
             value = _get(config, dotted)
             raise ConfigError(f"{dotted}={value!r} is unknown; use one of {choices}.")
@@ -57,7 +60,7 @@ def validate_config(
     c = config.dataset.num_classes
     if c < 2:
         raise ConfigError(f"dataset.num_classes={c}: need at least 2 classes.")
-    num_hard = resolve_num_hard(config)
+    num_hard = config.loss.num_hard
     if not 1 <= num_hard < c:
         raise ConfigError(
             f"loss.num_hard resolves to {num_hard} hard negatives for {c} classes; it must be in "
@@ -74,9 +77,12 @@ def validate_config(
     cpu_devices = config.get("cpu_devices", -1)
     if cpu_devices != -1 and cpu_devices < 1:
         raise ConfigError(f"cpu_devices={cpu_devices}: use -1 (one per core) or a count >= 1.")
-    from ncl_jax.evaluate import validate_eval_options
-
-    validate_eval_options(config)
+    try:
+        [float(t) for t in config.eval_tau]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"eval_tau={config.eval_tau!r} must be numbers, e.g. (0.0, 0.5, 1.0)."
+        ) from None
     factor = config.dataset.imbalance_factor
     if factor != 0 and not factor >= 1:
         raise ConfigError(

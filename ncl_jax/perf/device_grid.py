@@ -17,11 +17,12 @@ Grids (`--grid`; `auto` = `full` on GPU/TPU, `reduced` on a CPU-only host):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from ncl_jax.config.recipes import checkout_config
+from ncl_jax.config.variants import resolve_config
 from ncl_jax.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ class Family:
     """A network and input shape: the config file, variant and (reduced) scale-down."""
 
     label: str  # as shown in tables
-    module: str  # configs.<module>
+    module: str  # the config file configs/<module>.py
     variant: str  # its config argument
     scale: tuple[tuple[str, Any], ...] = ()  # dotted config overrides that shrink it
 
@@ -91,10 +92,10 @@ class Grid:
 
 
 def build_config(spec: Spec):
-    """The ml_collections config of a row: the family's config file and variant, then the
-    row's batch, K, MoCo, strategy, dtype and the family's scale-down."""
+    """The resolved config of a row: the family's config file and variant, then the row's
+    batch, K, MoCo, strategy, dtype and the family's scale-down (its overrides)."""
     family = FAMILIES[spec.family]
-    config = importlib.import_module(f"configs.{family.module}").get_config(family.variant)
+    config = checkout_config(family.module, family.variant)
     config.batch_size = spec.batch_size
     config.model.num_experts = spec.num_experts
     config.moco.enabled = spec.moco
@@ -106,7 +107,7 @@ def build_config(spec: Spec):
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return config
+    return resolve_config(config)
 
 
 def _order(specs: Sequence[Spec], main: Spec, axes: dict[str, Sequence]) -> list[Spec]:

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from ncl_jax.core.metrics import accuracy_summary
+
 GROUP_ORDER = ("many", "medium", "few")
 RULE_TITLES = {
     "paper": "paper rule (many > 100, few < 20)",
@@ -20,6 +22,7 @@ MAX_TICK_LABELS = 30  # class names on the x axis up to this many classes, ranks
 
 
 def _figure(width: float, height: float):
+    # lazy: matplotlib costs a second to import and only figure-writing code needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,7 +52,7 @@ def _caption(fig, analysis: dict) -> None:
 
 
 def _colors(n: int) -> list:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: as in _figure
 
     cmap = colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
@@ -344,7 +347,6 @@ def plot_confusion(run: dict, path: str) -> str | None:
 def per_class_image(correct: np.ndarray, totals: np.ndarray, info, config) -> np.ndarray:
     """The per-class top-1 plot of one evaluation as a uint8 image [1, H, W, 3] for a
     TensorBoard image summary. correct [K + 1, C] (experts, then ensemble), totals [C]."""
-    from ncl_jax.metrics import accuracy_summary
 
     correct, totals = np.asarray(correct, np.float64), np.asarray(totals, np.float64)
     num_experts = correct.shape[0] - 1

@@ -13,14 +13,20 @@ shape), next to what `ncl_jax.models.resolve_strategy` picks now.
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import os
 import platform as host_platform
 from collections.abc import Sequence
 from typing import Any
 
-from ncl_jax.device_grid import FAMILIES, Grid, make_grid
+import jax
+import jaxlib
+
+from ncl_jax.cli import command_line
+from ncl_jax.config.recipes import checkout_config
+from ncl_jax.models import resolve_strategy
+from ncl_jax.perf.device_grid import FAMILIES, Grid, make_grid
+from ncl_jax.perf.memory_fit import device_bytes_limit
 
 JSON_NAME, MD_NAME = "device_check.json", "device_check.md"
 STATUSES = ("ok", "oom", "error", "skipped")  # of a row
@@ -38,7 +44,7 @@ RECIPES = (
 def recipe_settings(family: str, variant: str) -> dict[str, Any]:
     """Epochs, global batch, K and MoCo of a recipe, read from its config file."""
     module = FAMILIES[family].module
-    c = importlib.import_module(f"configs.{module}").get_config(variant)
+    c = checkout_config(module, variant)
     return {
         "config": f"configs/{module}.py:{variant}",
         "epochs": int(c.num_epochs),
@@ -117,7 +123,6 @@ def auto_choice(records: Sequence[dict], grid: Grid, platform: str) -> list[dict
     """Per main shape and dtype: ms/step of each measured strategy, the fastest, and what
     `resolve_strategy('auto', platform)` picks now (agrees: None where that one was not
     measured, e.g. cpu_loop on the CPU)."""
-    from ncl_jax.models import resolve_strategy
 
     current = resolve_strategy("auto", platform)
     out = []
@@ -311,8 +316,6 @@ def write_outputs(out_dir: str, summary: dict[str, Any]) -> None:
 
 def _jaxlib_version() -> str:
     try:
-        import jaxlib
-
         return str(getattr(jaxlib, "__version__", None) or jaxlib.version.__version__)
     except (ImportError, AttributeError):
         return "unknown"
@@ -320,10 +323,6 @@ def _jaxlib_version() -> str:
 
 def metadata(grid_kind: str, *, fast_compile: bool) -> dict[str, Any]:
     """Where and how the check ran: date, command, versions, backend, device, flags."""
-    import jax
-
-    from ncl_jax.cli import command_line
-    from ncl_jax.memory_fit import device_bytes_limit
 
     device = jax.local_devices()[0]
     command = os.environ.get(COMMAND_ENV) or command_line()

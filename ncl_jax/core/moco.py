@@ -5,7 +5,7 @@ the TrainState next to the experts) and a queue of N L2-normalised keys. One ste
 
   1. `compute_keys`: the key encoders embed the key view; under the paper's (MoCo) order the
      EMA is applied first, under the official order it is applied afterwards (step 3).
-  2. the InfoNCE loss `ncl_jax.losses.moco_loss` (Eq. 11, with the other equations) compares
+  2. the InfoNCE loss `ncl_jax.core.losses.moco_loss` (Eq. 11, with the other equations) compares
      each expert's query projections with its own keys (positives) and its queue (negatives).
   3. `finish_step`: the official-order EMA, then the keys of the GLOBAL batch are all-gathered
      and written into the ring buffer, so every replica holds the same queue.
@@ -15,15 +15,37 @@ Pure functions over pytrees; the collectives name the pmap axis they run over.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ncl_jax.losses import l2_normalize
+from ncl_jax.core.losses import l2_normalize
 from ncl_jax.models import Expert, apply_stacked, init_stacked
 
 KEY_INITS = ("copy", "independent")
+
+
+@dataclasses.dataclass(frozen=True)
+class MocoOptions:
+    """The self-supervision settings, one per `moco.*` config field of the same name (filled
+    by `ncl_jax.config.builders`; `moco.enabled` is whether the step holds one at all). No
+    defaults here: the config owns them."""
+
+    dim: int  # projection dimension D
+    queue_size: int  # N keys per expert queue (a multiple of the global batch)
+    temperature: float  # tau of Eq. 11
+    weight: float  # weight of L_con in Eq. 12
+    momentum: float  # EMA momentum m of the key encoders
+    ema_repeats: int  # EMA applications per step (paper 1, official K)
+    key_init: str  # KEY_INITS: "copy" of the query experts | "independent" random init
+    ema_projector: bool  # EMA the key MLP too (official: a frozen random MLP)
+    ema_before_keys: bool  # EMA before computing the keys (MoCo) or after (official)
+
+    def __post_init__(self):
+        if self.key_init not in KEY_INITS:
+            raise ValueError(f"moco.key_init={self.key_init!r}; use one of {KEY_INITS}.")
 
 
 def init_key_encoders(
@@ -35,8 +57,6 @@ def init_key_encoders(
     separately initialised network (official CIFAR code). Copies are separate buffers, so the
     experts' params can be donated to the step.
     """
-    if key_init not in KEY_INITS:
-        raise ValueError(f"moco.key_init={key_init!r}; use one of {KEY_INITS}.")
     source = variables if key_init == "copy" else init_stacked(expert, num_experts, rng, sample)
     ema_params = jax.tree.map(jnp.copy, source["params"])
     ema_batch_stats = jax.tree.map(jnp.copy, source.get("batch_stats", {}))
@@ -67,10 +87,11 @@ def ema_update(
 def compute_keys(state, key_images: jax.Array, *, cfg) -> tuple[Any, Any, jax.Array]:
     """Step 1: (ema_params, ema_batch_stats, keys float[K, b, D], no gradient).
 
-    `state` is the TrainState before the step; `cfg` the StepConfig (EMA rule, strategy)."""
+    `state` is the TrainState before the step; `cfg` the StepConfig (its `moco` options, the
+    expert and the strategy)."""
     ema_params = state.ema_params
-    if cfg.ema_before_keys:
-        ema_params = _ema(cfg, ema_params, state.params)
+    if cfg.moco.ema_before_keys:
+        ema_params = _ema(cfg.moco, ema_params, state.params)
     out, ema_stats = apply_stacked(
         cfg.expert, ema_params, state.ema_batch_stats, key_images, train=True, strategy=cfg.strategy
     )
@@ -81,8 +102,8 @@ def finish_step(state, ema_params, ema_stats, keys: jax.Array, *, cfg, axis_name
     """Step 3: (ema_params, ema_batch_stats, queue, queue_ptr) after the update.
 
     The official order applies the EMA here, with the parameters from before the step."""
-    if not cfg.ema_before_keys:
-        ema_params = _ema(cfg, ema_params, state.params)
+    if not cfg.moco.ema_before_keys:
+        ema_params = _ema(cfg.moco, ema_params, state.params)
     if not cfg.sync_batch_stats:  # keep replicas identical (DDP broadcasts rank 0's buffers)
         ema_stats = jax.lax.pmean(ema_stats, axis_name)
     gathered = jax.lax.all_gather(
@@ -100,11 +121,11 @@ def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array):
     return queue, (ptr + keys.shape[1]) % size
 
 
-def _ema(cfg, ema_params, params):
+def _ema(options: MocoOptions, ema_params, params):
     return ema_update(
         ema_params,
         params,
-        momentum=cfg.ema_momentum,
-        repeats=cfg.ema_repeats,
-        include_projector=cfg.ema_projector,
+        momentum=options.momentum,
+        repeats=options.ema_repeats,
+        include_projector=options.ema_projector,
     )

@@ -19,44 +19,35 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ncl_jax import losses, metrics, moco
-from ncl_jax.metrics import NONFINITE_KEY, all_finite, nonfinite_marker, pair, train_metrics
+from ncl_jax.core import losses, metrics, moco
+from ncl_jax.core.metrics import NONFINITE_KEY, all_finite, nonfinite_marker, pair, train_metrics
+from ncl_jax.core.optim import applied_learning_rate
+from ncl_jax.core.state import TrainState
 from ncl_jax.models import Expert, apply_stacked
-from ncl_jax.optim import applied_learning_rate
-from ncl_jax.state import TrainState
 
 AXIS = "batch"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepConfig:
-    """Static collaborators of the step (hashable by identity for jit/pmap closures)."""
+    """Static collaborators of the step (hashable by identity for jit/pmap closures) and the
+    option records of its parts, built once from a resolved config by
+    `ncl_jax.config.builders.make_step_config`. No defaults: nothing here can drift from the
+    config."""
 
     expert: Expert  # bn_axis_name=AXIS for SyncBN
     tx: optax.GradientTransformation
     lr_schedule: optax.Schedule
     class_counts: np.ndarray  # float [C] training images per class, all > 0
-    num_hard: int
-    loss_options: losses.LossOptions
-    distill_weight: float = 0.6
-    hard_distill_weight: float = 0.6
-    nil_hard_weight: float = 1.0
-    random_anchor: bool = True  # paper: a random anchor expert per step; official: expert 0
-    strategy: str = "loop"  # how stacked experts are applied (models.experts.STRATEGIES)
-    moco: bool = False
-    moco_weight: float = 1.0
-    moco_temperature: float = 0.2
-    ema_momentum: float = 0.999
-    ema_repeats: int = 1
-    ema_projector: bool = True
-    ema_before_keys: bool = True
-    sync_batch_stats: bool = True
-    eval_taus: tuple[float, ...] = (0.0,)  # post-hoc logit adjustments evaluated; first is 0
-    eval_aggregation: str = "mean_logits"  # how the ensemble combines the experts
+    strategy: str  # how stacked experts are applied (models.experts.STRATEGIES)
+    sync_batch_stats: bool  # BatchNorm statistics over the global batch (SyncBN)
+    loss: losses.LossOptions  # the supervised part, Eqs. 2-10
+    moco: moco.MocoOptions | None  # self-supervision (Eq. 11); None when it is off
+    eval: metrics.EvalOptions  # used by the evaluation steps only
 
 
-def _choose_anchor(rng, num_experts: int, random_anchor: bool):
-    if not random_anchor or num_experts == 1:
+def _choose_anchor(rng, num_experts: int, anchor: str):
+    if anchor == "first" or num_experts == 1:
         return jnp.zeros((), jnp.int32)
     # The rng is replicated, so every device draws the same anchor.
     return jax.random.randint(jax.random.fold_in(rng, 1), (), 0, num_experts)
@@ -68,11 +59,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
     labels = batch["label"]
     num_experts = state.num_experts
     rng = jax.random.fold_in(state.rng, state.step)
-    anchor = _choose_anchor(rng, num_experts, cfg.random_anchor)
+    anchor = _choose_anchor(rng, num_experts, cfg.loss.anchor)
     counts = jnp.asarray(cfg.class_counts, jnp.float32)
 
     ema_params, ema_stats, keys = state.ema_params, state.ema_batch_stats, None
-    if cfg.moco:
+    if cfg.moco is not None:
         ema_params, ema_stats, keys = moco.compute_keys(state, batch["key_image"], cfg=cfg)
 
     def loss_fn(params):
@@ -80,22 +71,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
             cfg.expert, params, state.batch_stats, batch["image"], train=True, strategy=cfg.strategy
         )
         sup, aux = losses.ncl_supervised_loss(
-            out["logits"],
-            labels,
-            counts,
-            num_hard=cfg.num_hard,
-            distill_weight=cfg.distill_weight,
-            hard_distill_weight=cfg.hard_distill_weight,
-            nil_hard_weight=cfg.nil_hard_weight,
-            anchor=anchor,
-            options=cfg.loss_options,
+            out["logits"], labels, counts, options=cfg.loss, anchor_expert=anchor
         )
         total = sup
-        if cfg.moco:
+        if cfg.moco is not None:
             aux["moco"] = losses.moco_loss(
-                out["projections"], keys, state.queue, temperature=cfg.moco_temperature
+                out["projections"], keys, state.queue, temperature=cfg.moco.temperature
             )
-            total = total + cfg.moco_weight * aux["moco"]
+            total = total + cfg.moco.weight * aux["moco"]
         return total, (aux, out["logits"], new_stats)
 
     (loss, (aux, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -108,7 +91,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfi
     params = optax.apply_updates(state.params, updates)
 
     queue, queue_ptr = state.queue, state.queue_ptr
-    if cfg.moco:
+    if cfg.moco is not None:
         ema_params, ema_stats, queue, queue_ptr = moco.finish_step(
             state, ema_params, ema_stats, keys, cfg=cfg, axis_name=AXIS
         )
@@ -153,8 +136,8 @@ def eval_counts_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: Ste
         batch["label"],
         batch["mask"],
         log_prior=jnp.log(counts / jnp.sum(counts)),
-        taus=cfg.eval_taus,
-        aggregation=cfg.eval_aggregation,
+        taus=cfg.eval.taus,
+        aggregation=cfg.eval.aggregation,
     )
     return jax.lax.psum(correct, AXIS), jax.lax.psum(totals, AXIS)
 

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+SCHEDULES = ("warmup_multistep", "cosine")  # optim.schedule: both stepped once per epoch
+
 
 def warmup_multistep_lr(
     epoch: int,
@@ -72,7 +74,7 @@ def make_schedule(optim_config, *, steps_per_epoch: int, num_epochs: int) -> opt
             e, base_lr=o.learning_rate, num_epochs=num_epochs, min_lr=o.cosine_min_lr
         )
     else:
-        raise ValueError(f"optim.schedule={o.schedule!r}; use 'warmup_multistep' or 'cosine'.")
+        raise ValueError(f"optim.schedule={o.schedule!r}; use one of {SCHEDULES}.")
     return per_epoch(fn, steps_per_epoch, num_epochs)
 
 

@@ -1,0 +1,82 @@
+"""A finished or running workdir read back: its config (resolved once) and one checkpoint,
+for the programs that evaluate, analyse or export a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from ncl_jax import data
+from ncl_jax.config import builders
+from ncl_jax.config.variants import resolve_config
+from ncl_jax.errors import CheckpointError
+from ncl_jax.training.checkpointing import RunCheckpoints
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedRun:
+    """A workdir's config and one restored checkpoint, ready to evaluate on this host."""
+
+    workdir: str
+    config: Any  # resolved ml_collections.ConfigDict from config.json (with eval overrides)
+    info: Any  # data.DatasetInfo
+    step_cfg: Any  # train_step.StepConfig
+    state: Any  # TrainState, host numpy arrays
+    kind: str  # checkpoint kind: checkpoints | best_ensemble | best_single
+    step: int
+    meta: dict  # what training saved beside the state (epoch, best, last_eval, ...)
+
+
+def read_run_config(workdir: str, *, aggregation=None, taus=None) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (config.json), with the evaluation overrides
+    applied, then resolved once (an older run's missing fields get their legacy values) and
+    locked; read before anything starts JAX. Raises CheckpointError without config.json and
+    ConfigError for a bad aggregation or tau."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise CheckpointError(
+            f"{workdir} has no config.json: it is not an ncl_jax workdir "
+            "(train into it with python -m ncl_jax.main first)."
+        )
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if aggregation is not None:
+        config.eval_aggregation = aggregation
+    if taus is not None:
+        config.eval_tau = tuple(taus)
+    config = resolve_config(config)
+    builders.eval_options(config)  # a bad aggregation or tau fails here, before any work
+    return config
+
+
+def load_run(workdir: str, config, checkpoint: str | int | None = None) -> LoadedRun:
+    """Restores one checkpoint of `workdir` (RunCheckpoints.select: None or "latest",
+    "best_ensemble", "best_single", or a step) for the resolved `config` (read_run_config).
+    Raises CheckpointError naming what exists when the checkpoint is missing, and what
+    differs when it does not match the config."""
+    checkpoints = RunCheckpoints(workdir, read_only=True)
+    try:
+        kind, step = checkpoints.select(checkpoint)
+        info = data.get_dataset_info(config.dataset)
+        step_cfg = builders.make_step_config(
+            config, class_counts=info.class_counts, steps_per_epoch=1
+        )
+        state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
+    finally:
+        checkpoints.close()
+    return LoadedRun(workdir, config, info, step_cfg, state, kind, step, meta)
+
+
+def selection_note(kind: str, config) -> str:
+    """How a checkpoint kind was chosen, for the JSON (best_* are selected on the eval split,
+    as the paper and the official code do: the test set for CIFAR)."""
+    split = config.dataset.eval_split
+    if kind == "best_ensemble":
+        return f"the epoch with the best ensemble top-1 on the {split!r} split"
+    if kind == "best_single":
+        return f"the epoch with the best single-expert top-1 on the {split!r} split"
+    return "a periodic checkpoint (the final epoch once training finished); not selected"
