@@ -1,5 +1,5 @@
 """Analysis of trained runs (`ncl-analyze`): the paper's figures, per-class accuracy,
-calibration, confusions, written to --out without overwriting (ncl_jax.evaluation.analyze).
+calibration, confusions, written to --out without overwriting (ncl_jax.analysis.analyze).
 
   python -m ncl_jax.analyze --workdir=runs/ncl --compare=runs/bsce,runs/bsce_seed43 \\
       [--checkpoint=latest|best_ensemble|best_single|STEP] [--aggregation=mean_logits] \\
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from absl import flags
 
+from ncl_jax.analysis.analyze import analyze
 from ncl_jax.cli import parse_numbers, run_app, run_cli
 from ncl_jax.core.metrics import AGGREGATIONS
-from ncl_jax.evaluation.analyze import analyze
 from ncl_jax.training.checkpointing import parse_checkpoint
 
 

@@ -11,8 +11,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from ncl_jax.cli import run_app, run_cli
-from ncl_jax.perf import host_devices
 from ncl_jax.perf.benchmark import run
+from ncl_jax.training import host_devices
 
 
 def _define_flags() -> None:

@@ -1,6 +1,6 @@
 """Compares the logged training curves of runs (`ncl-curves`), e.g. float32 against bfloat16.
 
-The program over ncl_jax.evaluation.curves (its docstring has the details).
+The program over ncl_jax.analysis.curves (its docstring has the details).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import os
 
 from absl import flags
 
+from ncl_jax.analysis.curves import DEFAULT_TAGS, compare, plot, read_scalars
 from ncl_jax.cli import run_app, run_cli
 from ncl_jax.errors import ConfigError
-from ncl_jax.evaluation.curves import DEFAULT_TAGS, compare, plot, read_scalars
 
 
 def main(argv) -> None:

@@ -9,12 +9,16 @@ then each post-hoc logit adjustment) and writes DIR/eval_<step>.json
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import flags
 
 from ncl_jax.cli import parse_numbers, run_app, run_cli
 from ncl_jax.core.metrics import AGGREGATIONS
-from ncl_jax.evaluation.evaluate import evaluate_workdir, format_table, write_result
+from ncl_jax.evaluation.evaluate import format_table
+from ncl_jax.training.checkpointing import write_json_atomically
+from ncl_jax.training.saved_runs import evaluate_saved_run
 
 
 def _define_flags() -> None:
@@ -31,12 +35,19 @@ def _define_flags() -> None:
     )
 
 
+def write_result(workdir: str, step: int, result: dict) -> str:
+    """Writes DIR/eval_<step>.json atomically (never a half-written file)."""
+    path = os.path.join(workdir, f"eval_{step}.json")
+    write_json_atomically(path, {**result, "step": step})
+    return path
+
+
 def main(argv) -> None:
     del argv
     f = flags.FLAGS
 
     def run() -> None:
-        result = evaluate_workdir(
+        result = evaluate_saved_run(
             f.workdir, f.step, aggregation=f.aggregation, taus=parse_numbers(f.tau, "tau")
         )
         print(format_table(result))

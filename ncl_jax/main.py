@@ -22,8 +22,8 @@ from ml_collections import config_flags
 
 from ncl_jax.cli import run_app, run_cli
 from ncl_jax.config.variants import resolve_config
-from ncl_jax.perf import host_devices
 from ncl_jax.perf.memory_fit import out_of_memory_error, out_of_memory_phase
+from ncl_jax.training import host_devices
 from ncl_jax.training.loop import train_and_evaluate
 
 
@@ -63,7 +63,7 @@ def _distributed_requested() -> bool:
 
 
 def _configure_cpu_devices(config) -> None:
-    """One XLA device per core on CPU hosts (ncl_jax.perf.host_devices); before JAX starts."""
+    """One XLA device per core on CPU hosts (ncl_jax.training.host_devices); before JAX starts."""
     if _distributed_requested() and config.cpu_devices == -1:
         return  # per-process batch sizes are unknown here; the launchers set their own count
     host_devices.configure_for(config)

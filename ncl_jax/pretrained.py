@@ -1,6 +1,6 @@
 """ImageNet-pretrained torchvision ResNet/ResNeXt weights for the experts (Places-LT).
 
-The program over ncl_jax.deploy.pretrained (its docstring has the details).
+The program over ncl_jax.models.pretrained (its docstring has the details).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from absl import flags
 from flax import traverse_util
 
 from ncl_jax.cli import run_app, run_cli
-from ncl_jax.deploy.pretrained import convert_file, reference_model
+from ncl_jax.models.pretrained import convert_file, reference_model
 from ncl_jax.models.resnet import STAGE_SIZES
 
 

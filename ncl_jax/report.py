@@ -1,6 +1,6 @@
 """Tabulates the runs under a directory: one row per setting, mean and std over seeds
 
-The program over ncl_jax.evaluation.report (its docstring has the details).
+The program over ncl_jax.analysis.report (its docstring has the details).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import os
 
 from absl import flags
 
+from ncl_jax.analysis.report import write_report
 from ncl_jax.cli import run_app, run_cli
 from ncl_jax.errors import ConfigError
-from ncl_jax.evaluation.report import write_report
 
 
 def main(argv) -> None:

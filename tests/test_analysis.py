@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from ncl_jax import analyze as analyze_program
+from ncl_jax.analysis import analyze
 from ncl_jax.core import metrics
 from ncl_jax.data.long_tail import DatasetInfo
 from ncl_jax.errors import CheckpointError, ConfigError
-from ncl_jax.evaluation import analysis_pass, analyze, plots
+from ncl_jax.evaluation import analysis_pass, plots
 from ncl_jax.training import checkpointing
 
 RNG = np.random.default_rng(7)

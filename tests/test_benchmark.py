@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ncl_jax.perf import host_devices
+from ncl_jax.training import host_devices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED = (

@@ -147,16 +147,16 @@ def test_bad_config_fails_with_one_line_before_compute(
 
 
 def test_evaluate_on_an_empty_workdir_fails_with_one_line(capsys, tmp_path):
-    from ncl_jax.evaluation.evaluate import evaluate_workdir
+    from ncl_jax.training.saved_runs import evaluate_saved_run
 
     with pytest.raises(SystemExit):
-        cli.run_cli(lambda: evaluate_workdir(str(tmp_path)))
+        cli.run_cli(lambda: evaluate_saved_run(str(tmp_path)))
     assert "no config.json" in _one_error_line(capsys)
     assert not list(tmp_path.iterdir())
 
 
 def test_convert_pretrained_on_a_missing_file_fails_with_one_line(capsys, tmp_path):
-    from ncl_jax.deploy import pretrained
+    from ncl_jax.models import pretrained
     from ncl_jax.models.resnet import ResNet
 
     with pytest.raises(SystemExit):

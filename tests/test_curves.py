@@ -2,8 +2,8 @@
 
 import pytest
 
+from ncl_jax.analysis import curves
 from ncl_jax.errors import ConfigError
-from ncl_jax.evaluation import curves
 
 
 def _write_run(path, values, start=10):

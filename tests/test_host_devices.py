@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ncl_jax.errors import ConfigError
-from ncl_jax.perf import host_devices
+from ncl_jax.training import host_devices
 
 
 def _auto(batch_sizes, cores, sync=True):

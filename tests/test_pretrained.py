@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ncl_jax.config import builders
-from ncl_jax.deploy import pretrained
 from ncl_jax.errors import ConfigError
+from ncl_jax.models import pretrained
 from ncl_jax.models.resnet import ResNet
 from tests.tiny import class_counts, tiny_config
 

@@ -172,20 +172,20 @@ def _replace_with_nan_copy(workdir, step):
 def test_evaluate_refuses_a_non_finite_checkpoint_and_training_skips_it(
     trained, tmp_path, capsys, caplog
 ):
-    from ncl_jax.evaluation.evaluate import evaluate_workdir
+    from ncl_jax.training.saved_runs import evaluate_saved_run
 
     source, config, result = trained
     workdir = tmp_path / "nan"
     shutil.copytree(source, workdir)
     _replace_with_nan_copy(workdir, 9)
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_cli(lambda: evaluate_workdir(str(workdir)))
+        cli.run_cli(lambda: evaluate_saved_run(str(workdir)))
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: ") and "checkpoints/9 holds non-finite values" in line, line
     assert "--step=N" in line
     # The hint works: an older step evaluates.
-    assert evaluate_workdir(str(workdir), step=6)["step"] == 6
+    assert evaluate_saved_run(str(workdir), step=6)["step"] == 6
     # Training falls back to step 6, names the skipped checkpoint, keeps it, and ends where
     # the uninterrupted run ended.
     with caplog.at_level(logging.WARNING):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ncl_jax import report as report_program
+from ncl_jax.analysis import report
 from ncl_jax.errors import ConfigError
-from ncl_jax.evaluation import report
 from ncl_jax.training import sweep
 from tests.tiny import config_file
 

@@ -113,7 +113,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     o.cosine_min_lr = 1e-4  # floor of the per-epoch cosine schedule
     c.sync_batch_stats = True  # BatchNorm statistics over the whole global batch (SyncBN)
     c.cpu_devices = -1  # CPU hosts only: XLA devices to split the host into; -1 = one per
-    #                   core when the batches split evenly (ncl_jax.perf.host_devices); 1 = off
+    #                   core when the batches split evenly (ncl_jax.training.host_devices); 1 = off
 
     # ---------------------------------------------------------------- evaluation / logging
     c.eval_every_epochs = 1  # evaluate on dataset.eval_split every N epochs

@@ -21,9 +21,8 @@ from ncl_jax.core.metrics import EvalOptions
 from ncl_jax.core.moco import MocoOptions
 from ncl_jax.core.state import TrainState, train_state_initializer
 from ncl_jax.core.train_step import AXIS, StepConfig
-from ncl_jax.deploy import pretrained
 from ncl_jax.errors import DataError
-from ncl_jax.models import DTYPES, Expert, resolve_strategy
+from ncl_jax.models import DTYPES, Expert, pretrained, resolve_strategy
 from ncl_jax.models.experts import jit_run_once
 
 

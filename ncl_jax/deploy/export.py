@@ -42,8 +42,8 @@ import ncl_jax
 from ncl_jax.config import builders
 from ncl_jax.data.normalization import NORMALIZATION
 from ncl_jax.errors import ConfigError
-from ncl_jax.evaluation.evaluate import read_run_config
 from ncl_jax.training.checkpointing import RunCheckpoints, parse_checkpoint
+from ncl_jax.training.saved_runs import read_run_config
 
 ARTEFACT = "model.jaxexport"
 METADATA = "model.json"

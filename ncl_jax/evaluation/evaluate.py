@@ -2,13 +2,13 @@
 
 As in the official code, predictions use the raw logits (no prior correction) and the
 ensemble is the argmax of the mean of the K experts' logits. Used every epoch by the training
-loop, and on any Orbax checkpoint of a workdir on any number of devices by the program
-`python -m ncl_jax.evaluate` (`evaluate_workdir`).
+loop, and on any Orbax checkpoint of a workdir on any number of devices
+(`ncl_jax.training.saved_runs.evaluate_saved_run`, the program `python -m ncl_jax.evaluate`).
+Reads nothing from a workdir and writes nothing.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import jax
@@ -16,10 +16,7 @@ import numpy as np
 
 from ncl_jax import data
 from ncl_jax.core.metrics import GROUPS, evaluation_result
-from ncl_jax.core.train_step import pmap_eval_counts_step, replicate, unreplicate
-from ncl_jax.perf import host_devices
-from ncl_jax.training.checkpointing import write_json_atomically
-from ncl_jax.training.saved_runs import load_run, read_run_config, selection_note
+from ncl_jax.core.train_step import unreplicate
 
 
 def evaluation_counts(p_eval_counts, replicated_state, batches: Iterable[dict]):
@@ -74,13 +71,6 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_result(workdir: str, step: int, result: dict) -> str:
-    """Writes DIR/eval_<step>.json atomically (never a half-written file)."""
-    path = os.path.join(workdir, f"eval_{step}.json")
-    write_json_atomically(path, {**result, "step": step})
-    return path
-
-
 def eval_batches(config):
     """The evaluation split as device-sharded batches for however many devices are here."""
     return data.eval_iterator(
@@ -90,36 +80,3 @@ def eval_batches(config):
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-
-
-def evaluate_workdir(
-    workdir: str,
-    step: int | None = None,
-    *,
-    aggregation: str | None = None,
-    taus: tuple[float, ...] | None = None,
-) -> dict:
-    """Restores a checkpoint of `workdir` on however many devices are here and evaluates it.
-    aggregation / taus override the run's eval_aggregation / eval_tau for this evaluation.
-    Call it before anything starts JAX's backend: it splits a CPU host into devices first."""
-    config = read_run_config(workdir, aggregation=aggregation, taus=taus)
-    # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
-    host_devices.configure(
-        int(config.get("cpu_devices", -1)), batch_sizes=(int(config.eval_batch_size),)
-    )
-    run = load_run(workdir, config, step)
-    result = run_evaluation(
-        pmap_eval_counts_step(run.step_cfg),
-        replicate(run.state),
-        eval_batches(config),
-        run.info.group_masks(config.group_rule),
-        taus=run.step_cfg.eval.taus,
-        aggregation=run.step_cfg.eval.aggregation,
-    )
-    return {
-        "step": run.step,
-        "checkpoint": run.kind,
-        "selection": selection_note(run.kind, config),
-        "epoch": run.meta.get("epoch"),
-        **result,
-    }

@@ -76,7 +76,7 @@ import jax
 from ncl_jax.config.validation import validate_config
 from ncl_jax.errors import ConfigError
 from ncl_jax.models.experts import FAST_COMPILE_OPTIONS
-from ncl_jax.perf import benchmark, host_devices
+from ncl_jax.perf import benchmark
 from ncl_jax.perf.device_grid import FAMILIES, Grid, Spec, build_config, make_grid
 from ncl_jax.perf.device_report import JSON_NAME, markdown, metadata, summarize, write_outputs
 from ncl_jax.perf.memory_fit import (
@@ -86,6 +86,7 @@ from ncl_jax.perf.memory_fit import (
     is_out_of_memory,
     step_memory_bytes,
 )
+from ncl_jax.training import host_devices
 
 FULL_BUDGET_S, REDUCED_BUDGET_S = 420.0, 120.0
 _WATCHED_MODULES = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")

@@ -13,7 +13,10 @@ import ml_collections
 from ncl_jax import data
 from ncl_jax.config import builders
 from ncl_jax.config.variants import resolve_config
+from ncl_jax.core.train_step import pmap_eval_counts_step, replicate
 from ncl_jax.errors import CheckpointError
+from ncl_jax.evaluation.evaluate import eval_batches, run_evaluation
+from ncl_jax.training import host_devices
 from ncl_jax.training.checkpointing import RunCheckpoints
 
 
@@ -80,3 +83,36 @@ def selection_note(kind: str, config) -> str:
     if kind == "best_single":
         return f"the epoch with the best single-expert top-1 on the {split!r} split"
     return "a periodic checkpoint (the final epoch once training finished); not selected"
+
+
+def evaluate_saved_run(
+    workdir: str,
+    step: int | None = None,
+    *,
+    aggregation: str | None = None,
+    taus: tuple[float, ...] | None = None,
+) -> dict:
+    """Restores a checkpoint of `workdir` on however many devices are here and evaluates it.
+    aggregation / taus override the run's eval_aggregation / eval_tau for this evaluation.
+    Call it before anything starts JAX's backend: it splits a CPU host into devices first."""
+    config = read_run_config(workdir, aggregation=aggregation, taus=taus)
+    # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
+    host_devices.configure(
+        int(config.get("cpu_devices", -1)), batch_sizes=(int(config.eval_batch_size),)
+    )
+    run = load_run(workdir, config, step)
+    result = run_evaluation(
+        pmap_eval_counts_step(run.step_cfg),
+        replicate(run.state),
+        eval_batches(config),
+        run.info.group_masks(config.group_rule),
+        taus=run.step_cfg.eval.taus,
+        aggregation=run.step_cfg.eval.aggregation,
+    )
+    return {
+        "step": run.step,
+        "checkpoint": run.kind,
+        "selection": selection_note(run.kind, config),
+        "epoch": run.meta.get("epoch"),
+        **result,
+    }

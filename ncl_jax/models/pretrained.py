@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ncl_jax.core.state import TrainState
 from ncl_jax.errors import ConfigError
 from ncl_jax.models.resnet import GROUPS, STAGE_SIZES, ResNet
 
@@ -200,9 +199,10 @@ def check_encoder_shapes(encoder: Mapping, reference: Mapping, what: str, fix: s
         raise ConfigError(f"pretrained weights have {extra[0]!r} that {what} lacks; {fix}.")
 
 
-def apply_pretrained(state: TrainState, encoder: Mapping) -> TrainState:
-    """Writes one encoder into every expert (leading axis K) of params/batch_stats and, when
-    MoCo is on, of ema_params/ema_batch_stats (official: key encoders start pretrained too).
+def apply_pretrained(state, encoder: Mapping):
+    """`state` (a core.state.TrainState) with one encoder written into every expert (leading
+    axis K) of params/batch_stats and, when MoCo is on, of ema_params/ema_batch_stats
+    (official: key encoders start pretrained too).
     Heads and projectors keep their fresh initialisation; so does the optimiser state, whose
     momentum buffers are zeros that do not depend on the parameter values."""
     if not isinstance(state.params, Mapping) or "encoder" not in state.params:

@@ -34,10 +34,11 @@ from ncl_jax import data
 from ncl_jax.cli import command_line
 from ncl_jax.errors import ConfigError
 from ncl_jax.evaluation import analysis_pass, plots
-from ncl_jax.evaluation.evaluate import eval_batches, load_run, read_run_config, selection_note
+from ncl_jax.evaluation.evaluate import eval_batches
 from ncl_jax.evaluation.plots import setting_caption
-from ncl_jax.perf import host_devices
+from ncl_jax.training import host_devices
 from ncl_jax.training.checkpointing import write_json_atomically
+from ncl_jax.training.saved_runs import load_run, read_run_config, selection_note
 
 SCHEMA_VERSION = 1
 ANALYSIS_FILE = "analysis.json"

@@ -1,0 +1,3 @@
+"""Performance tools: the step and input benchmark (benchmark), out-of-memory errors that name a
+batch that fits (memory_fit), and the prepared accelerator check (device_check, device_grid,
+device_report)."""
