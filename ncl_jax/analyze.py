@@ -38,7 +38,6 @@ def main(argv) -> None:
 
 
 def _define_flags() -> None:
-
     flags.DEFINE_string("workdir", None, "The run to analyse (training workdir).")
     flags.DEFINE_multi_string(
         "compare", [], "Runs to overlay, evaluated on the same data (repeat it, or a,b,c)."

@@ -1,6 +1,10 @@
 """Throughput and memory of the full NCL train step (and of the input pipeline).
 
-The program over ncl_jax.perf.benchmark (its docstring has the details).
+  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128
+  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128 \
+      --mode=step --experts=1,3 --moco=both --strategies=loop,vmap
+
+The library: ncl_jax.perf.benchmark.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ def _define_flags() -> None:
 
 
 def main(argv) -> None:
-
     def go():
         host_devices.configure_for(flags.FLAGS.config)  # as ncl_jax.main does, before JAX starts
         summary = run(

@@ -1,6 +1,9 @@
 """Compares the logged training curves of runs (`ncl-curves`), e.g. float32 against bfloat16.
 
-The program over ncl_jax.analysis.curves (its docstring has the details).
+  python -m ncl_jax.curves runs/quick_fp32 runs/quick_bf16 [--tags=train/loss] \
+      [--plot=curves.png]
+
+The library: ncl_jax.analysis.curves.
 """
 
 from __future__ import annotations
@@ -16,12 +19,10 @@ from ncl_jax.errors import ConfigError
 
 
 def main(argv) -> None:
-
     f = flags.FLAGS
     workdirs = argv[1:]
 
     def go():
-
         if len(workdirs) < 2:
             raise ConfigError("give two or more workdirs: the first is the reference.")
         scalars = [read_scalars(w) for w in workdirs]
@@ -53,7 +54,6 @@ def main(argv) -> None:
 
 
 def _define_flags() -> None:
-
     flags.DEFINE_list("tags", list(DEFAULT_TAGS), "Scalar tags to compare.")
     flags.DEFINE_string("plot", None, "Also draw the first tag's curves to this PNG.")
 

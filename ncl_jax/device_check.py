@@ -1,6 +1,9 @@
 """One prepared accelerator check: the NCL train step over a grid of shapes, in one command.
 
-The program over ncl_jax.perf.device_check (its docstring has the details).
+  launch/device_check.sh OUT_DIR [--grid=auto|full|reduced] [--budget_s=420] [--overwrite]
+  python -m ncl_jax.device_check --out=OUT_DIR ...        (`ncl-device-check` is the same)
+
+The library: ncl_jax.perf.device_check.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """One expert of a trained run as a self-contained inference artefact (`jax.export`).
 
-The program over ncl_jax.deploy.export (its docstring has the details).
+  python -m ncl_jax.export --workdir=RUN --out=DIR [--expert=best|K]
+      [--checkpoint=best_single|best_ensemble|latest|STEP] [--platforms=cpu,cuda]
+
+The library: ncl_jax.deploy.export.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from ncl_jax.deploy.export import DEFAULT_PLATFORMS, export_workdir, summary
 
 
 def main(argv) -> None:
-
     f = flags.FLAGS
 
     def work() -> None:
@@ -25,7 +27,6 @@ def main(argv) -> None:
 
 
 def _define_flags() -> None:
-
     flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
     flags.DEFINE_string("out", None, "New (or empty) directory for model.jaxexport and model.json.")
     flags.DEFINE_string("expert", "best", "Expert index K, or best (from the checkpoint's eval).")

@@ -1,6 +1,8 @@
 """Top-5 classes of image files with one exported expert (`ncl_jax.export`), jax alone.
 
-The program over ncl_jax.deploy.predict (its docstring has the details).
+  python -m ncl_jax.predict --model=DIR IMAGE [IMAGE ...] [--top_k=5] [--batch_size=64]
+
+The library: ncl_jax.deploy.predict.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from ncl_jax.deploy.predict import format_line, predict_files
 
 
 def main(argv) -> None:
-
     f = flags.FLAGS
 
     def work() -> None:
@@ -24,7 +25,6 @@ def main(argv) -> None:
 
 
 def _define_flags() -> None:
-
     flags.DEFINE_string("model", None, "Directory written by python -m ncl_jax.export.")
     flags.DEFINE_integer("top_k", 5, "Classes printed per image.")
     flags.DEFINE_integer("batch_size", 64, "Images per call of the exported function.")

@@ -1,6 +1,8 @@
 """ImageNet-pretrained torchvision ResNet/ResNeXt weights for the experts (Places-LT).
 
-The program over ncl_jax.models.pretrained (its docstring has the details).
+  python -m ncl_jax.pretrained --torch_checkpoint=resnet152-b121ed2d.pth --out=FILE.npz
+
+The library: ncl_jax.models.pretrained.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ def main(argv) -> None:
 
 
 def _define_flags() -> None:
-
     flags.DEFINE_string(
         "torch_checkpoint", None, "torchvision state dict (.pth), or a .npz of torch-named arrays."
     )

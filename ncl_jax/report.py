@@ -1,6 +1,9 @@
-"""Tabulates the runs under a directory: one row per setting, mean and std over seeds
+"""Tabulates the runs under a directory: one row per setting, mean and std over seeds.
 
-The program over ncl_jax.analysis.report (its docstring has the details).
+  python -m ncl_jax.report runs/beta        # prints the table, writes report.md and report.csv
+  python -m ncl_jax.report --workdir=runs/beta   # the same
+
+The library: ncl_jax.analysis.report.
 """
 
 from __future__ import annotations
@@ -9,13 +12,13 @@ import os
 
 from absl import flags
 
+from ncl_jax.analysis.learning_curves import write_curves
 from ncl_jax.analysis.report import write_report
 from ncl_jax.cli import run_app, run_cli
 from ncl_jax.errors import ConfigError
 
 
 def main(argv) -> None:
-
     def go():
         dirs = [*argv[1:], *([flags.FLAGS.workdir] if flags.FLAGS.workdir else [])]
         if len(dirs) != 1:
@@ -26,14 +29,21 @@ def main(argv) -> None:
         markdown, path = write_report(dirs[0])
         print(markdown)
         print(f"wrote {path} and {os.path.splitext(path)[0]}.csv")
+        if flags.FLAGS.curves:
+            print("wrote " + ", ".join(write_curves(dirs[0])))
 
     run_cli(go)
 
 
 def _define_flags() -> None:
-
     flags.DEFINE_string(
         "workdir", None, "Directory of runs (a sweep's --workdir); or give it as the argument."
+    )
+    flags.DEFINE_bool(
+        "curves",
+        False,
+        "Also write curves.csv (every evaluated epoch of every run) and the learning-curve "
+        "figures curves_top1.png and curves_groups.png.",
     )
 
 

@@ -1,6 +1,11 @@
 """A grid of config overrides times seeds, one training run each (`ncl-sweep`).
 
-The program over ncl_jax.training.sweep (its docstring has the details).
+  python -m ncl_jax.sweep --config=configs/cifar100_lt.py:if100 \
+      --sweep=loss.hard_ratio=0.1,0.3,0.5 [--sweep=FIELD=v1,v2 ...] --seeds=3 --workdir=runs/beta
+  python -m ncl_jax.sweep ... --list              # the runs, one `ncl_jax.main` command each
+  python -m ncl_jax.sweep ... --task=$SLURM_ARRAY_TASK_ID   # one run (launch/slurm_sweep.sbatch)
+
+The library: ncl_jax.training.sweep.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from ncl_jax.training.sweep import (
 
 
 def _define_flags() -> None:
-
     config_flags.DEFINE_config_file("config", None, "Config file and argument, as for main.")
     flags.DEFINE_multi_string("sweep", [], "FIELD=v1,v2 (or A+B=v1,v2): one axis of the grid.")
     flags.DEFINE_integer("seeds", 1, "Training seeds per setting: config.seed, +1, ...")
@@ -47,7 +51,6 @@ def _config_argument(argv: list[str]) -> str:
 
 
 def main(argv) -> None:
-
     f = flags.FLAGS
     config_arg = _config_argument(sys.argv)
     # Plain --config.x=v overrides apply to every run.

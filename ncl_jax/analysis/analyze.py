@@ -1,8 +1,5 @@
-"""Analysis of trained runs: the paper's figures, per-class accuracy, calibration, confusions.
-
-  python -m ncl_jax.analyze --workdir=runs/ncl --compare=runs/bsce,runs/bsce_seed43 \\
-      [--checkpoint=latest|best_ensemble|best_single|STEP] [--aggregation=mean_logits] \\
-      [--tau=0.5,1] --out=analysis/ncl_vs_bsce
+"""Analysis of trained runs: the paper's figures, per-class accuracy, calibration, confusions
+(the program: `python -m ncl_jax.analyze`).
 
 Evaluates each run's checkpoint once on its evaluation split (all runs on the same batches, on
 however many devices are here; see ncl_jax.evaluation.analysis_pass) and writes into --out:
@@ -151,7 +148,6 @@ def analyze(
 
 
 def _analyze(workdirs, configs, out, *, checkpoint, started, log) -> dict:
-
     host_devices.configure(
         int(configs[0].get("cpu_devices", -1)), batch_sizes=(int(configs[0].eval_batch_size),)
     )

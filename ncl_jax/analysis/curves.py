@@ -1,12 +1,11 @@
 """Compares the logged training curves of runs (`ncl-curves`), e.g. float32 against bfloat16.
 
-  python -m ncl_jax.curves runs/quick_fp32 runs/quick_bf16 [--tags=train/loss] \\
-      [--plot=curves.png]
-
 Reads the scalars each run wrote to TensorBoard (clu's writer, one event file per run and
 process) with TensorBoard's own event reader, aligns them on the steps all runs logged, and
 prints per tag the largest absolute and relative difference of every run from the first, and
 the final evaluation's top-1. With --plot, draws the curves (and their difference) to a PNG.
+
+The program: `python -m ncl_jax.curves` (ncl_jax/curves.py).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Tabulates the runs under a directory: one row per setting, mean and std over seeds
 (`ncl-report`).
 
-  python -m ncl_jax.report runs/beta        # prints the table, writes report.md and report.csv
-  python -m ncl_jax.report --workdir=runs/beta   # the same
-
 Every workdir below the directory (any depth; a sweep's or hand-made) is one run. A run is
 `finished` when training wrote result.json, `failed` when the sweep recorded a failure, else
 `unfinished`; only finished runs are averaged, the others are counted in their own columns.
@@ -21,6 +18,8 @@ Columns of report.csv (stable; other tools read them), after the setting fields:
              epoch for `best`)
     metric = top1 | many | medium | few (percent; empty when the test set has no such class)
   std is the sample standard deviation over the finished runs (empty for fewer than two).
+
+The program: `python -m ncl_jax.report` (ncl_jax/report.py).
 """
 
 from __future__ import annotations
@@ -70,7 +69,6 @@ def find_runs(root: str) -> list[str]:
 
 
 def _state(run: str) -> str:
-
     state = run_state(run)
     return "unfinished" if state == "pending" else state
 
@@ -114,7 +112,9 @@ def run_values(result: dict) -> dict[str, float | None]:
     return out
 
 
-def _setting_key(config: dict) -> dict:
+def setting_key(config: dict) -> dict:
+    """The fields that make two runs the same setting: all but the seeds and runtime-only
+    fields."""
 
     flat = traverse_util.flatten_dict(config, sep=".")
     ignored = set(SEED_FIELDS) | set(RESUMABLE_FIELDS) | {"preset_variant"}
@@ -127,7 +127,7 @@ def collect(root: str) -> tuple[list[str], list[dict]]:
     entries = []
     for run in runs:
         with open(os.path.join(run, "config.json")) as f:
-            key = _setting_key(json.load(f))
+            key = setting_key(json.load(f))
         state = _state(run)
         values = None
         if state == "finished":

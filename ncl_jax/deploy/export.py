@@ -9,15 +9,14 @@ with the weights and BatchNorm running statistics baked in (train=False), the ba
 symbolic (any b >= 1) and the run's normalisation, (pixel / 255 - mean) / std, done inside.
 It runs with jax alone (no Flax, no TensorFlow, no ncl_jax model code): see `ncl_jax.predict`.
 
-  python -m ncl_jax.export --workdir=RUN --out=DIR [--expert=best|K]
-      [--checkpoint=best_single|best_ensemble|latest|STEP] [--platforms=cpu,cuda]
-
 DIR (new, or empty) receives `model.jaxexport` (the serialized function) and `model.json`
 (class names, image size, the resize/crop that reproduces the eval view with PIL, the
 normalisation constants, the expert, its recorded top-1, the source checkpoint, versions).
 The default checkpoint is the best-single-expert one when the run has it, else the newest
 periodic/final one; `--expert=best` takes the best expert recorded in that checkpoint's
 evaluation metadata. Bad input is one `error:` line (exit status 2) and writes nothing.
+
+The program: `python -m ncl_jax.export` (ncl_jax/export.py).
 """
 
 from __future__ import annotations

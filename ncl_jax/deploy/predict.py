@@ -1,7 +1,5 @@
 """Top-5 classes of image files with one exported expert (`ncl_jax.export`), jax alone.
 
-  python -m ncl_jax.predict --model=DIR IMAGE [IMAGE ...] [--top_k=5] [--batch_size=64]
-
 prints one line per image, in the order given:
 
   IMAGE: NAME p, NAME p, ...      (the top_k classes, p = softmax probability, 4 decimals)
@@ -13,6 +11,8 @@ holds the normalisation, the weights and BatchNorm statistics. This module impor
 (`jax.export.deserialize`), numpy, PIL, absl and ncl_jax.cli / ncl_jax.errors: no
 TensorFlow, TFDS, Flax, Orbax or ncl_jax model code, so a serving host needs jax and Pillow.
 Bad input (no model in DIR, a missing or unreadable image) is one `error:` line, exit 2.
+
+The program: `python -m ncl_jax.predict` (ncl_jax/predict.py).
 """
 
 from __future__ import annotations

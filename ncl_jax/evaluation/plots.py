@@ -21,7 +21,7 @@ RULE_TITLES = {
 MAX_TICK_LABELS = 30  # class names on the x axis up to this many classes, ranks beyond
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     # lazy: matplotlib costs a second to import and only figure-writing code needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -51,8 +51,8 @@ def _caption(fig, analysis: dict) -> None:
     fig.suptitle(setting_caption(analysis), fontsize=7, color="0.35")
 
 
-def _colors(n: int) -> list:
-    from matplotlib import colormaps  # lazy: as in _figure
+def palette(n: int) -> list:
+    from matplotlib import colormaps  # lazy: as in new_figure
 
     cmap = colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
@@ -92,7 +92,7 @@ def _draw_per_class(ax, runs, *, experts: bool = True) -> None:
     counts_ax.set_ylabel("training images (log)", color="0.4")
     ax.set_zorder(counts_ax.get_zorder() + 1)
     ax.patch.set_visible(False)
-    for run, color in zip(runs, _colors(len(runs)), strict=True):
+    for run, color in zip(runs, palette(len(runs)), strict=True):
         top1 = run["per_class"]["top1"]
         ax.plot(
             positions,
@@ -124,18 +124,18 @@ def _draw_per_class(ax, runs, *, experts: bool = True) -> None:
 def plot_per_class(analysis: dict, path: str) -> str:
     """Per-class top-1 against the class's training count, head to tail, runs overlaid."""
     runs = analysis["runs"]
-    fig = _figure(10, 4.8)
+    fig = new_figure(10, 4.8)
     ax = fig.add_subplot()
     _draw_per_class(ax, runs)
     ax.set_title(f"Per-class top-1 on {runs[0]['eval_split']}, {runs[0]['dataset']}")
     _caption(fig, analysis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_groups(analysis: dict, path: str) -> str:
     """Many / medium / few top-1 of each run's ensemble and best expert, under both rules."""
     runs = analysis["runs"]
-    fig = _figure(10, 4)
+    fig = new_figure(10, 4)
     for ax, rule in zip(fig.subplots(1, 2, sharey=True), ("paper", "official"), strict=True):
         bars = []
         for run in runs:
@@ -146,7 +146,7 @@ def plot_groups(analysis: dict, path: str) -> str:
                     (f"{run['label']} expert {best}", run["groups"][rule][f"expert_{best}"])
                 )
         width = 0.8 / len(bars)
-        for b, ((name, scores), color) in enumerate(zip(bars, _colors(len(bars)), strict=True)):
+        for b, ((name, scores), color) in enumerate(zip(bars, palette(len(bars)), strict=True)):
             x = np.arange(len(GROUP_ORDER)) + (b - (len(bars) - 1) / 2) * width
             values = [scores[g] if scores[g] is not None else 0.0 for g in GROUP_ORDER]
             ax.bar(x, values, width, label=name, color=color)
@@ -162,7 +162,7 @@ def plot_groups(analysis: dict, path: str) -> str:
     fig.axes[0].set_ylabel("top-1 (%)")
     fig.axes[0].legend(fontsize=7)
     _caption(fig, analysis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def kl_curves(analysis: dict) -> list[tuple[str, dict]]:
@@ -190,9 +190,9 @@ def plot_kl_per_class(analysis: dict, path: str) -> str | None:
     first = analysis["runs"][0]
     counts = np.asarray(first["per_class"]["train_count"])
     order = head_to_tail(counts)
-    fig = _figure(10, 4.5)
+    fig = new_figure(10, 4.5)
     ax = fig.add_subplot()
-    for (name, kl), color in zip(curves, _colors(len(curves)), strict=True):
+    for (name, kl), color in zip(curves, palette(len(curves)), strict=True):
         ax.plot(
             np.arange(len(order)),
             _as_array(kl["per_class"])[order],
@@ -209,7 +209,7 @@ def plot_kl_per_class(analysis: dict, path: str) -> str | None:
     ax.legend(fontsize=8)
     ax.set_title("KL divergence between two networks' predictions per class (paper Fig. 1)")
     _caption(fig, analysis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_kl_groups(analysis: dict, path: str) -> str | None:
@@ -224,10 +224,10 @@ def plot_kl_groups(analysis: dict, path: str) -> str | None:
         for g in ("all", *GROUP_ORDER)
         if any(kl["groups"][rule][g] is not None for _, kl in curves)
     ]
-    fig = _figure(7, 4)
+    fig = new_figure(7, 4)
     ax = fig.add_subplot()
     width = 0.8 / len(curves)
-    for c, ((name, kl), color) in enumerate(zip(curves, _colors(len(curves)), strict=True)):
+    for c, ((name, kl), color) in enumerate(zip(curves, palette(len(curves)), strict=True)):
         x = np.arange(len(groups)) + (c - (len(curves) - 1) / 2) * width
         values = [kl["groups"][rule][g] for g in groups]
         ax.bar(x, [0.0 if v is None else v for v in values], width, label=name, color=color)
@@ -240,15 +240,15 @@ def plot_kl_groups(analysis: dict, path: str) -> str | None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     _caption(fig, analysis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_hardest_negative(analysis: dict, path: str) -> str:
     """Fig. 5a: distribution of the hardest negative class's probability, runs overlaid."""
-    fig = _figure(7, 4)
+    fig = new_figure(7, 4)
     ax = fig.add_subplot()
     runs = analysis["runs"]
-    for run, color in zip(runs, _colors(len(runs)), strict=True):
+    for run, color in zip(runs, palette(len(runs)), strict=True):
         hist = run["hardest_negative"]
         counts = np.asarray(hist["counts"]["ensemble"], np.float64)
         edges = np.asarray(hist["bin_edges"])
@@ -267,7 +267,7 @@ def plot_hardest_negative(analysis: dict, path: str) -> str:
     ax.legend(fontsize=8)
     ax.set_title("Score of the hardest negative class, ensemble (paper Fig. 5a)")
     _caption(fig, analysis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(analysis: dict, path: str) -> str:
@@ -275,7 +275,7 @@ def plot_reliability(analysis: dict, path: str) -> str:
     runs = analysis["runs"]
     columns = min(len(runs), 3)
     rows = -(-len(runs) // columns)
-    fig = _figure(3.8 * columns, 3.6 * rows)
+    fig = new_figure(3.8 * columns, 3.6 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax in axes[len(runs) :]:
         ax.set_visible(False)
@@ -283,7 +283,7 @@ def plot_reliability(analysis: dict, path: str) -> str:
         models = ["ensemble"]
         if run["num_experts"] > 1:
             models.append(f"expert_{run['best_expert']}")
-        for model, color in zip(models, _colors(len(models)), strict=True):
+        for model, color in zip(models, palette(len(models)), strict=True):
             rel = run["reliability"][model]
             centers = np.asarray(rel["bin_edges"])[:-1] + 0.5 / len(rel["count"])
             acc = _as_array(rel["accuracy"])
@@ -305,7 +305,7 @@ def plot_reliability(analysis: dict, path: str) -> str:
     for ax in axes[::columns]:
         ax.set_ylabel("accuracy in the confidence bin")
     _caption(fig, analysis)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(run: dict, path: str) -> str | None:
@@ -318,7 +318,7 @@ def plot_confusion(run: dict, path: str) -> str | None:
     rows = confusion.sum(axis=1, keepdims=True)
     normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
     size = min(12.0, 3 + 0.35 * len(order))
-    fig = _figure(size + 1, size)
+    fig = new_figure(size + 1, size)
     ax = fig.add_subplot()
     image = ax.imshow(100 * normalised, cmap="Blues", vmin=0, vmax=100)
     fig.colorbar(image, ax=ax, label="% of the true class's test images", shrink=0.8)
@@ -341,7 +341,7 @@ def plot_confusion(run: dict, path: str) -> str | None:
     ax.set_xlabel("predicted class (head to tail)")
     ax.set_ylabel("true class (head to tail)")
     ax.set_title(f"{run['label']}: ensemble confusion (counts in cells)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def per_class_image(correct: np.ndarray, totals: np.ndarray, info, config) -> np.ndarray:
@@ -367,7 +367,7 @@ def per_class_image(correct: np.ndarray, totals: np.ndarray, info, config) -> np
     groups = ", ".join(
         f"{g} {ensemble[g]:.1f}" if ensemble[g] is not None else f"{g} n/a" for g in GROUP_ORDER
     )
-    fig = _figure(8, 3.6)
+    fig = new_figure(8, 3.6)
     ax = fig.add_subplot()
     _draw_per_class(ax, [run])
     ax.set_title(
@@ -385,7 +385,7 @@ def class_names_of(info) -> list[str]:
     return [f"class_{i}" for i in range(info.num_classes)]
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
     fig.savefig(path)
     return path
 

@@ -5,10 +5,10 @@ copying every key except `fc` into the query backbones AND the MoCo key backbone
 reads only a local .npz of our own layout, so that JAX never needs PyTorch; this module
 converts once (torch only for reading a .pth):
 
-  python -m ncl_jax.pretrained --torch_checkpoint=resnet152-b121ed2d.pth --out=FILE.npz
-
 then `--config.model.pretrained_path=FILE.npz`. A .npz of torch-named arrays is also accepted
 as input, so the .pth can be unpacked on any machine that has torch.
+
+The program: `python -m ncl_jax.pretrained` (ncl_jax/pretrained.py).
 """
 
 from __future__ import annotations

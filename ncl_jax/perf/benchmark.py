@@ -1,9 +1,5 @@
 """Throughput and memory of the full NCL train step (and of the input pipeline).
 
-  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128
-  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128 \\
-      --mode=step --experts=1,3 --moco=both --strategies=loop,vmap
-
 The step is the real pmapped `train_step` (all K experts, NCL loss, optimiser, and with MoCo
 the key encoders, EMA and queue) on synthetic batches of the configured shape, so no dataset
 is needed and `--mode=step` never imports TensorFlow (accelerator hosts may lack it). Each
@@ -11,6 +7,8 @@ configuration is compiled ahead of time (`compile_s`), warmed up, then timed ove
 `--steps` steps `--repeats` times; the median repeat is reported. Prints a table and, as its
 last line, one JSON object describing the configuration as given (the first row), with every
 row under "rows".
+
+The program: `python -m ncl_jax.benchmark` (ncl_jax/benchmark.py).
 """
 
 from __future__ import annotations

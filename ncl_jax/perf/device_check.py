@@ -1,8 +1,5 @@
 """One prepared accelerator check: the NCL train step over a grid of shapes, in one command.
 
-  launch/device_check.sh OUT_DIR [--grid=auto|full|reduced] [--budget_s=420] [--overwrite]
-  python -m ncl_jax.device_check --out=OUT_DIR ...        (`ncl-device-check` is the same)
-
 Why: an accelerator is lent to this project rarely and briefly (one H200, ~15 minutes,
 everything included), so what it should measure is prepared here, tested on the CPU, and run
 there as one command that ends in time and never imports TensorFlow (the device image has
@@ -58,6 +55,8 @@ are written as they finish, so a run cut off by the timeout still returns them):
 NCL_REQUIRE_PLATFORM=gpu stops at once, with one `error:` line, if JAX finds no GPU
 (instead of timing the reduced grid on the device's CPU). `--list` prints the ordered grid
 without running it.
+
+The program: `python -m ncl_jax.device_check` (ncl_jax/device_check.py).
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
 """A grid of config overrides times seeds, one training run each (`ncl-sweep`).
 
-  python -m ncl_jax.sweep --config=configs/cifar100_lt.py:if100 \\
-      --sweep=loss.hard_ratio=0.1,0.3,0.5 [--sweep=FIELD=v1,v2 ...] --seeds=3 --workdir=runs/beta
-  python -m ncl_jax.sweep ... --list              # the runs, one `ncl_jax.main` command each
-  python -m ncl_jax.sweep ... --task=$SLURM_ARRAY_TASK_ID   # one run (launch/slurm_sweep.sbatch)
-
 Axes: every --sweep (FIELD=v1,v2; `A+B=v1,v2` ties two fields to the same value, e.g. both
 distillation weights for the paper's lambda), the training seed (--seeds: config.seed,
 config.seed + 1, ...) and, separately, the long-tailed subset seed (--subset_seeds, which
@@ -15,6 +10,8 @@ their checkpoints. A failed run is recorded in its sweep_status.json and retried
 WORKDIR/sweep.json records the grid (not written by --task, so that array tasks never race);
 `ncl_jax.report` needs only the runs' own files. Every run's config is resolved and validated
 before the first one starts.
+
+The program: `python -m ncl_jax.sweep` (ncl_jax/sweep.py).
 """
 
 from __future__ import annotations
@@ -103,7 +100,6 @@ def _leaf_type(config, dotted: str):
 
 
 def _parse_value(text: str, field_type, field: str):
-
     try:
         if field_type is bool:
             lowered = text.lower()
@@ -250,7 +246,6 @@ def execute(config_arg: str, runs: list[Run], extra: list[str], *, log=print) ->
 
 
 def _write_status(workdir: str, status: dict) -> None:
-
     write_json_atomically(os.path.join(workdir, STATUS_FILE), status)
 
 
@@ -261,7 +256,6 @@ def _last_line(path: str) -> str:
 
 
 def write_plan(workdir: str, config_arg: str, axes: list[Axis], runs: list[Run]) -> None:
-
     write_json_atomically(
         os.path.join(workdir, SWEEP_FILE),
         {
