@@ -6,8 +6,9 @@
       --config.dataset.name=cifar10_jpeg
 
 Arguments: `if100` (default) | `if50`; `paper` (default) | `official`; `contrastive`;
-`quick`: a short first run on a CPU (see cifar_common.quick); `ablation=NAME`, `ce`, `noaug`:
-the paper's baselines and ablations (configs/experiments.py), e.g. `if100,ablation=baseline`
+`quick`: a short first run on a CPU (see ncl_jax/config/recipes.quick); `ablation=NAME`,
+`ce`, `noaug`: the paper's baselines and ablations (ncl_jax/config/experiments.py), e.g.
+`if100,ablation=baseline`
 for Table 1's BSCE baseline (84.0 at IF100, 85.8 at IF50).
 Paper top-1, single / ensemble: IF100 84.7 / 85.5, IF50 86.8 / 87.3.
 The official repo has no CIFAR-10 config: this uses the CIFAR-100 recipe with beta = 0.3

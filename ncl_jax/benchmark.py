@@ -1,7 +1,7 @@
 """Throughput and memory of the full NCL train step (and of the input pipeline).
 
   python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128
-  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128 \
+  python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128 \\
       --mode=step --experts=1,3 --moco=both --strategies=loop,vmap
 
 The library: ncl_jax.perf.benchmark.

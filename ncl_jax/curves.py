@@ -1,6 +1,6 @@
 """Compares the logged training curves of runs (`ncl-curves`), e.g. float32 against bfloat16.
 
-  python -m ncl_jax.curves runs/quick_fp32 runs/quick_bf16 [--tags=train/loss] \
+  python -m ncl_jax.curves runs/quick_fp32 runs/quick_bf16 [--tags=train/loss] \\
       [--plot=curves.png]
 
 The library: ncl_jax.analysis.curves.

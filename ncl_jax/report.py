@@ -2,6 +2,7 @@
 
   python -m ncl_jax.report runs/beta        # prints the table, writes report.md and report.csv
   python -m ncl_jax.report --workdir=runs/beta   # the same
+  python -m ncl_jax.report runs/beta --curves    # also curves.csv, curves_top1/_groups.png
 
 The library: ncl_jax.analysis.report.
 """

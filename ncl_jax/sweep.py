@@ -1,6 +1,6 @@
 """A grid of config overrides times seeds, one training run each (`ncl-sweep`).
 
-  python -m ncl_jax.sweep --config=configs/cifar100_lt.py:if100 \
+  python -m ncl_jax.sweep --config=configs/cifar100_lt.py:if100 \\
       --sweep=loss.hard_ratio=0.1,0.3,0.5 [--sweep=FIELD=v1,v2 ...] --seeds=3 --workdir=runs/beta
   python -m ncl_jax.sweep ... --list              # the runs, one `ncl_jax.main` command each
   python -m ncl_jax.sweep ... --task=$SLURM_ARRAY_TASK_ID   # one run (launch/slurm_sweep.sbatch)

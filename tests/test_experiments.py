@@ -1,5 +1,5 @@
-"""Every named experiment (configs/experiments.py) trains the loss it names: one step of a tiny
-model per ablation, its total loss recomposed from the logged terms and the ablation's
+"""Every named experiment (ncl_jax/config/experiments.py) trains the loss it names: one step
+of a tiny model per ablation, its total loss recomposed from the logged terms and the ablation's
 weights."""
 
 import jax

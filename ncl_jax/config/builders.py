@@ -2,7 +2,7 @@
 the initial state (with pretrained weights) and the abstract state used as a restore target.
 
 Option records are filled by field name from their config section (`options_from`), so a new
-loss weight is a field of `configs`' base and of `LossOptions`, and nothing here changes.
+loss weight is a field of `ncl_jax/config/base.py` and of `LossOptions`, and nothing here changes.
 """
 
 from __future__ import annotations

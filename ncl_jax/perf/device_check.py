@@ -6,7 +6,7 @@ there as one command that ends in time and never imports TensorFlow (the device 
 none). It writes OUT_DIR/device_check.json and the same as a Markdown table,
 OUT_DIR/device_check.md, after every row, so a run cut short still leaves its rows.
 
-What it measures, per row (`ncl_jax.benchmark.time_step`: the real pmapped train step with
+What it measures, per row (`ncl_jax.perf.benchmark.time_step`: the real pmapped train step with
 all K experts, the NCL loss, SGD and, with MoCo, the key encoders, EMA and queue, on
 synthetic batches): ms per step (median of the repeats), images/s, compile time (s), peak
 host RSS and peak device memory (MiB; the process-wide high-water mark, so a row that did
@@ -45,10 +45,10 @@ then, before spending device time, run the reduced grid here (about a minute on 
 
   bash launch/device_check.sh /tmp/device_check --overwrite
 
-and give the device `run` tool this command, with carry=[".device_wheels"] (not git-ignored,
-so it travels with the working tree anyway; naming it keeps that true if it ever is ignored)
-and timeout_s=480 (8 minutes: the 420 s budget, JAX start-up, the last row's overshoot; rows
-are written as they finish, so a run cut off by the timeout still returns them):
+and give the device `run` tool this command, with carry=[".device_wheels"] (the folder is
+git-ignored, so only carry brings it along) and timeout_s=480 (8 minutes: the 420 s budget,
+JAX start-up, the last row's overshoot; rows are written as they finish, so a run cut off by
+the timeout still returns them):
 
   NCL_REQUIRE_PLATFORM=gpu bash launch/device_check.sh "$OUT" --grid=auto
 
