@@ -350,12 +350,19 @@ def test_class_names_fall_back_to_placeholders_without_the_data(monkeypatch, tmp
 
 
 _FORBIDDEN = ("tensorflow", "tensorflow_datasets", "flax", "orbax", "ml_collections", "optax")
-_NCL_HEAVY = ("ncl_jax.models", "ncl_jax.data", "ncl_jax.training.loop", "ncl_jax.config.builders")
+_NCL_HEAVY = (
+    "ncl_jax.models",
+    "ncl_jax.data",
+    "ncl_jax.core",
+    "ncl_jax.config",
+    "ncl_jax.training",
+    "ncl_jax.evaluation",
+)
 
 _PREDICT_WRAPPER = """
 import json, sys
 sys.argv = ["ncl-predict", *sys.argv[1:]]
-from ncl_jax.deploy.predict import cli
+from ncl_jax.predict import cli
 try:
     cli()
 except SystemExit as e:
