@@ -25,6 +25,7 @@ from flax import traverse_util
 
 from ncl_jax import data
 from ncl_jax.config import builders
+from ncl_jax.config.model_cost import model_cost
 from ncl_jax.config.validation import validate_config
 from ncl_jax.core.metrics import MetricSums, eval_scalars, evaluation_result
 from ncl_jax.core.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
@@ -83,6 +84,8 @@ def train_and_evaluate(
     step_cfg = builders.make_step_config(
         config, class_counts=info.class_counts, steps_per_epoch=steps_per_epoch
     )
+    # Abstract shapes only (tracing, no compile): for result.json, which only process 0 writes.
+    cost = model_cost(config, step_config=step_cfg) if jax.process_index() == 0 else None
 
     meta: dict = {}
     restored = _restore_for_resume(
@@ -221,6 +224,7 @@ def train_and_evaluate(
             f"(resp. best single expert) top-1 on the {config.dataset.eval_split!r} split, raw "
             "logits; the paper and the official code select on the test set the same way"
         ),
+        "model_cost": cost,
     }
     if jax.process_index() == 0:
         write_json_atomically(f"{workdir}/{RESULT_FILE}", result)
