@@ -3,6 +3,8 @@
   python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128
   python -m ncl_jax.benchmark --config=configs/cifar100_lt.py --config.batch_size=128 \\
       --mode=step --experts=1,3 --moco=both --strategies=loop,vmap
+  python -m ncl_jax.benchmark --config=configs/imagenet_lt.py --mode=cost --experts=1,3 \\
+      --moco=both
 
 The library: ncl_jax.perf.benchmark.
 """
@@ -26,10 +28,11 @@ def _define_flags() -> None:
     flags.DEFINE_enum(
         "mode",
         "all",
-        ["step", "pipeline", "all"],
+        ["step", "pipeline", "all", "cost"],
         "What to time: the train step (no TensorFlow), the tf.data input "
         "pipeline, or both (the pipeline is skipped with a note when its "
-        "data or TensorFlow is missing).",
+        "data or TensorFlow is missing); step and all also print the model cost "
+        "(parameters, XLA flops per image), which cost prints alone, compiling nothing.",
     )
     flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")

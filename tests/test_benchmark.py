@@ -79,8 +79,11 @@ def test_step_benchmark_runs_without_tensorflow_and_ends_with_the_json_line():
         (1, True),
         (1, False),
     ]
+    assert [(c["num_experts"], c["moco"]) for c in summary["model_cost"]] == [
+        (r["num_experts"], r["moco"]) for r in summary["rows"]
+    ]
     assert summary["img_per_s"] == pytest.approx(16e3 / summary["ms_per_step"])
-    assert "ms/step" in result.stdout  # the table
+    assert "ms/step" in result.stdout and "GFLOPs/img" in result.stdout  # the tables
     assert "TF_LOADED False" in result.stderr
 
 
@@ -128,3 +131,16 @@ def test_all_mode_reports_a_pipeline_it_cannot_run_and_still_times_the_step(tmp_
     assert (f"--xla_force_host_platform_device_count={expected}" in summary["xla_flags"]) == (
         expected > 1
     )
+
+
+@pytest.mark.slow
+def test_cost_mode_times_nothing_and_costs_each_expert_count_and_moco_setting_once():
+    result = _run([*TINY, "--mode=cost", "--experts=2,1", "--strategies=vmap,loop"], block_tf=True)
+    summary = _last_json(result.stdout)
+    assert (
+        summary["ms_per_step"] is None and "rows" not in summary and "ms/step" not in result.stdout
+    )
+    costs = summary["model_cost"]
+    assert [(c["num_experts"], c["moco"]) for c in costs] == [(2, True), (1, True)]
+    assert costs[0]["params_ensemble"] == 2 * costs[1]["params_ensemble"]
+    assert "GFLOPs/img" in result.stdout and "TF_LOADED False" in result.stderr

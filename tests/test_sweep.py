@@ -165,6 +165,24 @@ def test_report_averages_finished_runs_per_setting_and_lists_the_others(tmp_path
     assert "2 (+1 unfinished, 0 failed)" in markdown and "selected on the `test` split" in markdown
 
 
+def test_report_shows_each_settings_model_cost_and_leaves_runs_without_it_empty(tmp_path):
+    evaluation = _evaluation([10.0, 20.0], 30.0)
+    for name, ratio in (("a", 0.2), ("b", 0.4)):
+        _fake_run(tmp_path, name, ratio=ratio, seed=0, final=evaluation, best=evaluation)
+    result_a = json.loads((tmp_path / "a" / "result.json").read_text())
+    result_a["model_cost"] = {
+        "params_ensemble": 1_410_462,
+        "flops_ensemble_forward": 3.8e8,
+        "flops_train_step": 1.2e9,
+    }
+    (tmp_path / "a" / "result.json").write_text(json.dumps(result_a))
+    markdown, _ = report.write_report(str(tmp_path))
+    a, b = csv.DictReader((tmp_path / report.REPORT_CSV).open())
+    assert (a["params"], a["forward_gflops"], a["train_step_gflops"]) == ("1410462", "0.38", "1.2")
+    assert (b["params"], b["forward_gflops"], b["train_step_gflops"]) == ("", "", "")
+    assert "| 1.41 M | 0.38 | 1.2 |" in markdown and "| - | - | - |" in markdown
+
+
 def test_report_cli_takes_the_directory_as_argument_or_workdir(tmp_path, capsys):
     from absl import flags
 

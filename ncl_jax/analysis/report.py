@@ -10,6 +10,10 @@ what is trained; the fields that differ between settings are the table's first c
 
 Columns of report.csv (stable; other tools read them), after the setting fields:
   runs, unfinished, failed, selection_split,
+  params, forward_gflops, train_step_gflops: the model's cost recorded in result.json
+    (ncl_jax/config/model_cost.py; empty for runs that predate it): the K experts' parameters,
+    and XLA's GFLOPs per image (a multiply-add counts 2) of the ensemble's forward and of the
+    whole train step,
   {when}_{model}_{metric}_mean and _std for
     when   = last (the final epoch) | best (the epoch that model's top-1 was best on
              selection_split, as the paper and the official code select: the test set for CIFAR)
@@ -42,6 +46,12 @@ WHENS = ("last", "best")
 MODELS = ("ensemble", "single", "experts_mean")
 METRICS = ("top1", "many", "medium", "few")
 SEED_FIELDS = ("seed", "dataset.subset_seed")
+# Column: (result.json's model_cost key, divisor). Equal for every run of a setting.
+COST_COLUMNS = {
+    "params": ("params_ensemble", 1),
+    "forward_gflops": ("flops_ensemble_forward", 1e9),
+    "train_step_gflops": ("flops_train_step", 1e9),
+}
 # Shown in the printed/Markdown table (the CSV has every column).
 SHOWN = (
     "last_ensemble_top1",
@@ -112,6 +122,15 @@ def run_values(result: dict) -> dict[str, float | None]:
     return out
 
 
+def cost_values(result: dict) -> dict[str, float | None]:
+    """The COST_COLUMNS of one result.json (None where it records no model cost)."""
+    cost, out = result.get("model_cost") or {}, {}
+    for name, (key, divisor) in COST_COLUMNS.items():
+        value = cost.get(key)
+        out[name] = value if value is None or divisor == 1 else value / divisor
+    return out
+
+
 def setting_key(config: dict) -> dict:
     """The fields that make two runs the same setting: all but the seeds and runtime-only
     fields."""
@@ -135,6 +154,7 @@ def collect(root: str) -> tuple[list[str], list[dict]]:
                 result = json.load(f)
             values = run_values(result)
             values["selection_split"] = result.get("selection_split", "")
+            values.update(cost_values(result))
         entries.append((key, state, values))
     fields = sorted(
         {k for key, _, _ in entries for k in key if len({repr(e[0].get(k)) for e in entries}) > 1}
@@ -150,6 +170,8 @@ def collect(root: str) -> tuple[list[str], list[dict]]:
         row["unfinished"] = sum(s == "unfinished" for _, s, _ in members)
         row["failed"] = sum(s == "failed" for _, s, _ in members)
         row["selection_split"] = done[0]["selection_split"] if done else ""
+        for name in COST_COLUMNS:
+            row[name] = next((v[name] for v in done if v[name] is not None), None)
         for when in WHENS:
             for model in MODELS:
                 for metric in METRICS:
@@ -170,7 +192,7 @@ def columns(fields: list[str]) -> list[str]:
         for metric in METRICS
         for stat in ("mean", "std")
     ]
-    return [*fields, "runs", "unfinished", "failed", "selection_split", *stats]
+    return [*fields, "runs", "unfinished", "failed", "selection_split", *COST_COLUMNS, *stats]
 
 
 def to_csv(fields: list[str], rows: list[dict]) -> str:
@@ -189,9 +211,15 @@ def _cell(row: dict, name: str) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
+def _cost_cell(value: float | None, name: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.2f} M" if name == "params" else f"{value:.3g}"
+
+
 def to_markdown(fields: list[str], rows: list[dict]) -> str:
     split = next((r["selection_split"] for r in rows if r["selection_split"]), "")
-    header = [*fields, "runs", *SHOWN]
+    header = [*fields, "runs", *COST_COLUMNS, *SHOWN]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -200,14 +228,17 @@ def to_markdown(fields: list[str], rows: list[dict]) -> str:
         runs = str(row["runs"])
         if row["unfinished"] or row["failed"]:
             runs += f" (+{row['unfinished']} unfinished, {row['failed']} failed)"
-        cells = [str(row[f]) for f in fields] + [runs] + [_cell(row, n) for n in SHOWN]
+        cost = [_cost_cell(row[n], n) for n in COST_COLUMNS]
+        cells = [str(row[f]) for f in fields] + [runs] + cost + [_cell(row, n) for n in SHOWN]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
         "Accuracy %, mean ± sample std over the finished runs (seeds). `last_*`: final epoch; "
         f"`best_*`: the best epoch of that model, selected on the `{split}` split (as the paper "
         "and the official code do). `single`: the best expert; `experts_mean`: the mean over "
-        "the experts. report.csv has every column."
+        "the experts. `params`: the K experts' parameters; `*_gflops`: XLA's GFLOPs per image "
+        "(a multiply-add counts 2) of the ensemble's forward and of a train step. report.csv "
+        "has every column."
     )
     return "\n".join(lines) + "\n"
 

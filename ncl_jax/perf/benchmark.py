@@ -4,9 +4,11 @@ The step is the real pmapped `train_step` (all K experts, NCL loss, optimiser, a
 the key encoders, EMA and queue) on synthetic batches of the configured shape, so no dataset
 is needed and `--mode=step` never imports TensorFlow (accelerator hosts may lack it). Each
 configuration is compiled ahead of time (`compile_s`), warmed up, then timed over
-`--steps` steps `--repeats` times; the median repeat is reported. Prints a table and, as its
+`--steps` steps `--repeats` times; the median repeat is reported. Each configuration's model
+cost (parameters and XLA's flops per image, `ncl_jax.config.model_cost`) follows in a second
+table; `--mode=cost` prints only that one and compiles nothing. Prints the tables and, as its
 last line, one JSON object describing the configuration as given (the first row), with every
-row under "rows".
+row under "rows" and every cost under "model_cost".
 
 The program: `python -m ncl_jax.benchmark` (ncl_jax/benchmark.py).
 """
@@ -29,6 +31,7 @@ import numpy as np
 
 from ncl_jax import data
 from ncl_jax.config import builders
+from ncl_jax.config.model_cost import model_cost
 from ncl_jax.config.validation import validate_config
 from ncl_jax.config.variants import resolve_config
 from ncl_jax.core.train_step import pmap_train_step, replicate
@@ -234,6 +237,44 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def model_costs(configs: list[Any]) -> list[dict[str, Any]]:
+    """`model_cost` of each distinct (K, MoCo) pair among the resolved `configs` (the expert
+    strategy and the compute dtype change no flop count), each with its pair."""
+    costs: dict[tuple[int, bool], dict[str, Any]] = {}
+    for c in configs:
+        key = (c.model.num_experts, bool(c.moco.enabled))
+        if key not in costs:
+            validate_config(c, num_devices=1)  # costed as one device computing the global batch
+            costs[key] = {"num_experts": key[0], "moco": key[1], **model_cost(c)}
+    return list(costs.values())
+
+
+def format_cost_table(costs: list[dict[str, Any]]) -> str:
+    """Parameters in millions, and XLA's GFLOPs per image (a multiply-add counts 2 flops: the
+    multiply-adds are half); the step and key-path numbers at the configured global batch."""
+    header = (
+        f"{'K':>3}{'moco':>6}{'M params':>10}{'ensemble':>10}{'keys':>8}"
+        f"{'GFLOPs/img fwd':>16}{'ensemble fwd':>14}{'key path':>10}{'train step':>12}"
+    )
+    lines = [header, "-" * len(header)]
+    giga = lambda flops: f"{flops / 1e9:.4g}" if flops is not None else "-"
+    for c in costs:
+        lines.append(
+            f"{c['num_experts']:>3}{'on' if c['moco'] else 'off':>6}"
+            f"{c['params_expert'] / 1e6:10.3f}{c['params_ensemble'] / 1e6:10.3f}"
+            f"{c['params_key_encoders'] / 1e6:8.3f}{giga(c['flops_expert_forward']):>16}"
+            f"{giga(c['flops_ensemble_forward']):>14}{giga(c['flops_key_forward']):>10}"
+            f"{giga(c['flops_train_step']):>12}"
+        )
+    if costs:
+        lines.append(
+            "params in millions (one expert, the K experts, MoCo's key encoders); XLA's GFLOPs "
+            "per image, a multiply-add counted as 2 flops; key path and train step at "
+            f"batch_size {costs[0]['batch_size']}"
+        )
+    return "\n".join(lines)
+
+
 def run(
     config,
     *,
@@ -259,15 +300,19 @@ def run(
         "dtype": config.model.dtype,
         "expert_strategy": resolve_strategy(config.model.expert_strategy, platform),
     }
-    if mode in ("step", "all"):
-        rows = []
-        for c in variants(config, experts=experts, moco=moco, strategies=strategies):
-            rows.append(time_step(c, steps=steps, warmup=warmup, repeats=repeats))
-            print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-        print(format_table(rows))
-        summary.update(dataclasses.asdict(rows[0]))
-        summary["expert_strategy"] = summary.pop("strategy")
-        summary["rows"] = [dataclasses.asdict(r) for r in rows]
+    if mode in ("step", "all", "cost"):
+        configs = variants(config, experts=experts, moco=moco, strategies=strategies)
+        if mode != "cost":
+            rows = []
+            for c in configs:
+                rows.append(time_step(c, steps=steps, warmup=warmup, repeats=repeats))
+                print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            print(format_table(rows))
+            summary.update(dataclasses.asdict(rows[0]))
+            summary["expert_strategy"] = summary.pop("strategy")
+            summary["rows"] = [dataclasses.asdict(r) for r in rows]
+        summary["model_cost"] = model_costs(configs)
+        print(format_cost_table(summary["model_cost"]))
     if mode in ("pipeline", "all"):
         try:
             result = time_pipeline(config, pipeline_batches)
