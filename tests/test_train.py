@@ -20,8 +20,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from ncl_jax.config.model_cost import model_cost
 from ncl_jax.evaluation import plots
 from ncl_jax.training.checkpointing import RunCheckpoints
+from ncl_jax.training.saved_runs import read_run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
@@ -172,6 +174,16 @@ def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     )
     best = RunCheckpoints(workdir, read_only=True)
     assert best.steps("best_ensemble") and best.steps("best_single")
+
+
+def test_result_json_records_the_model_cost_of_the_run(uninterrupted):
+    workdir, summary = uninterrupted
+    with open(workdir / "result.json") as f:
+        recorded = json.load(f)["model_cost"]
+    assert recorded == summary["model_cost"]
+    # The smoke config's three experts with MoCo, costed again here from its config.json.
+    assert recorded == model_cost(read_run_config(str(workdir)))
+    assert recorded["params_key_encoders"] == recorded["params_ensemble"] > 0
 
 
 def test_analyze_cli_matches_the_training_evaluation_and_writes_every_figure(
