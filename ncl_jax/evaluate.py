@@ -22,7 +22,11 @@ from absl import flags
 from ncl_jax.cli import parse_numbers, run_app, run_cli
 from ncl_jax.core.metrics import AGGREGATIONS
 from ncl_jax.evaluation.evaluate import format_table
-from ncl_jax.evaluation.test_distributions import format_distributions, parse_test_distributions
+from ncl_jax.evaluation.test_distributions import (
+    define_distribution_flags,
+    format_distributions,
+    parse_test_distributions,
+)
 from ncl_jax.training.checkpointing import write_json_atomically
 from ncl_jax.training.saved_runs import evaluate_saved_run
 
@@ -40,24 +44,6 @@ def _define_flags() -> None:
         "tau", None, "Post-hoc logit adjustments to report besides raw logits, e.g. 0.5,1."
     )
     define_distribution_flags()
-
-
-def define_distribution_flags() -> None:
-    """The test-agnostic flags, shared with ncl_jax.analyze."""
-    flags.DEFINE_string(
-        "test_distributions",
-        None,
-        "Test class distributions to score: 'agnostic' (forward50 ... uniform ... backward50) "
-        "or a comma list such as forward50,uniform,backward10.",
-    )
-    flags.DEFINE_integer(
-        "distribution_seed", 0, "Seed of the per-class image choice of TFDS distributions."
-    )
-    flags.DEFINE_string(
-        "test_distributions_dir",
-        None,
-        "Split-list datasets: folder of SADE list files <Dataset>_<distribution>.txt.",
-    )
 
 
 def write_result(workdir: str, step: int, result: dict) -> str:

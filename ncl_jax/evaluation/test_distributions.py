@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from jax.experimental import multihost_utils
 
 from ncl_jax.core import metrics
@@ -70,6 +71,24 @@ STANDARD = (
 )
 AGNOSTIC = "agnostic"  # --test_distributions=agnostic: all of STANDARD
 _NAME = re.compile(r"(forward|backward)(\d+(?:\.\d+)?)|uniform")
+
+
+def define_distribution_flags() -> None:
+    """The test-agnostic flags of ncl_jax.evaluate and ncl_jax.analyze (absl)."""
+    flags.DEFINE_string(
+        "test_distributions",
+        None,
+        "Test class distributions to score: 'agnostic' (forward50 ... uniform ... backward50) "
+        "or a comma list such as forward50,uniform,backward10.",
+    )
+    flags.DEFINE_integer(
+        "distribution_seed", 0, "Seed of the per-class image choice of TFDS distributions."
+    )
+    flags.DEFINE_string(
+        "test_distributions_dir",
+        None,
+        "Split-list datasets: folder of SADE list files <Dataset>_<distribution>.txt.",
+    )
 
 
 def parse_test_distributions(spec: str | None) -> tuple[str, ...] | None:
