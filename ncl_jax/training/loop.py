@@ -177,10 +177,10 @@ def train_and_evaluate(
             flush_train_metrics()
             epochs_done = epoch + 1
             if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
-                sums = evaluation_counts(p_eval, replicated, eval_batches(config))
-                correct, totals = sums["correct"], sums["totals"]
+                eval_totals = evaluation_counts(p_eval, replicated, eval_batches(config))
+                correct, totals = eval_totals["correct"], eval_totals["totals"]
                 last_eval = evaluation_body(
-                    sums,
+                    eval_totals,
                     group_masks,
                     taus=step_cfg.eval.taus,
                     aggregation=step_cfg.eval.aggregation,
