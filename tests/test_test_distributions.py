@@ -2,6 +2,8 @@
 counts and image subsets, the prior adjustment, per-image predictions of a real pass, and the
 accuracies, each against numpy written here; the input errors."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,3 +235,51 @@ def test_requests_the_dataset_cannot_serve_fail_with_one_line(
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error:") and fragment in line, line
+
+
+def test_list_file_distributions_are_scored_on_one_union_list_of_their_images(
+    tmp_path, identity_view
+):
+    from ncl_jax import data
+    from tests.data_helpers import read_ids, write_images
+
+    train = [f"train/c{c}/{i}.png" for c in range(3) for i in range(8)]
+    evals = [f"val/c{c}/{i}.png" for c in range(3) for i in range(4)]
+    write_images(tmp_path / "img", train)
+    write_images(tmp_path / "img", evals)  # image k of evals carries id k
+    (tmp_path / "train.txt").write_text("".join(f"{p} {i // 8}\n" for i, p in enumerate(train)))
+    (tmp_path / "eval.txt").write_text("".join(f"{p} {i // 4}\n" for i, p in enumerate(evals)))
+    lists = tmp_path / "lists"
+    picks = {"forward2": [5, 0, 1, 2, 4, 8], "backward2": [9, 10, 11, 8, 4, 0]}
+    _write_lists(
+        lists,
+        picks,
+        {n: [f"{evals[k]} {k // 4}\n" for k in ks] for n, ks in picks.items()},
+    )
+    config = smoke_config(
+        **{
+            "dataset.source": "split_list",
+            "dataset.name": "toy_lt",
+            "dataset.num_classes": 3,
+            "dataset.imbalance_factor": 0.0,
+            "dataset.image_root": str(tmp_path / "img"),
+            "dataset.train_list": str(tmp_path / "train.txt"),
+            "dataset.eval_list": str(tmp_path / "eval.txt"),
+            "dataset.image_size": 8,
+            "dataset.eval_max_examples": 0,
+        }
+    )
+    names = ("forward2", "backward2")
+    with td.distribution_plan(config, names, list_dir=str(lists)) as plan:
+        assert not plan.shares_eval_pass and plan.record["seed"] is None
+        assert config.dataset.eval_list == str(tmp_path / "eval.txt")  # the run's is untouched
+        union = [5, 0, 1, 2, 4, 8, 9, 10, 11]  # first appearance order
+        np.testing.assert_array_equal(plan.labels, np.array(union) // 4)
+        assert plan.subsets["backward2"].tolist() == [6, 7, 8, 5, 4, 1]
+        np.testing.assert_array_equal(plan.class_counts(), [[3, 2, 1], [1, 1, 4]])
+        batches = data.eval_iterator(plan.config.dataset, global_batch_size=12, num_local_devices=2)
+        (batch,) = list(batches)
+        ids = read_ids(batch["image"]).reshape(-1)[batch["mask"].reshape(-1)]
+        assert ids.tolist() == union
+        workspace = os.path.dirname(plan.config.dataset.eval_list)
+    assert not os.path.exists(workspace)
