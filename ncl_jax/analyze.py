@@ -3,7 +3,11 @@ calibration, confusions, written to --out without overwriting (ncl_jax.analysis.
 
   python -m ncl_jax.analyze --workdir=runs/ncl --compare=runs/bsce,runs/bsce_seed43 \\
       [--checkpoint=latest|best_ensemble|best_single|STEP] [--aggregation=mean_logits] \\
-      [--tau=0.5,1] --out=analysis/ncl_vs_bsce
+      [--tau=0.5,1] [--test_distributions=agnostic] [--distribution_seed=0] \\
+      [--test_distributions_dir=DIR] --out=analysis/ncl_vs_bsce
+
+--test_distributions adds the test-agnostic evaluation of every run (as in ncl_jax.evaluate)
+and the figure test_distributions.png.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from absl import flags
 from ncl_jax.analysis.analyze import analyze
 from ncl_jax.cli import parse_numbers, run_app, run_cli
 from ncl_jax.core.metrics import AGGREGATIONS
+from ncl_jax.evaluation.test_distributions import (
+    define_distribution_flags,
+    parse_test_distributions,
+)
 from ncl_jax.training.checkpointing import parse_checkpoint
 
 
@@ -33,6 +41,9 @@ def main(argv) -> None:
             aggregation=f.aggregation,
             taus=parse_numbers(f.tau, "tau"),
             overwrite=f.overwrite,
+            test_distributions=parse_test_distributions(f.test_distributions),
+            distribution_seed=f.distribution_seed,
+            distributions_dir=f.test_distributions_dir,
         )
     )
 
@@ -54,6 +65,7 @@ def _define_flags() -> None:
     )
     flags.DEFINE_list("tau", None, "Post-hoc logit adjustments to report besides raw logits.")
     flags.DEFINE_bool("overwrite", False, "Replace an earlier analysis in --out.")
+    define_distribution_flags()
 
 
 def cli() -> None:

@@ -1,10 +1,15 @@
 """Evaluates any checkpoint of a workdir on any number of devices (`ncl-evaluate`).
 
   python -m ncl_jax.evaluate --workdir=DIR [--step=N] [--aggregation=mean_probs] [--tau=0.5,1]
+      [--test_distributions=agnostic|forward50,uniform,...] [--distribution_seed=0]
+      [--test_distributions_dir=DIR]
 
 Prints the per-expert / ensemble / best-single table (top-1 and many/medium/few, raw logits,
 then each post-hoc logit adjustment) and writes DIR/eval_<step>.json
-(ncl_jax.evaluation.evaluate).
+(ncl_jax.evaluation.evaluate). --test_distributions adds top-1 under test class distributions
+(ncl_jax.evaluation.test_distributions): `agnostic` for SADE's eleven, forward50 ... backward50;
+drawn from the evaluation split with --distribution_seed for TFDS sources, read from SADE's
+list files in --test_distributions_dir for split-list datasets.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from absl import flags
 from ncl_jax.cli import parse_numbers, run_app, run_cli
 from ncl_jax.core.metrics import AGGREGATIONS
 from ncl_jax.evaluation.evaluate import format_table
+from ncl_jax.evaluation.test_distributions import (
+    define_distribution_flags,
+    format_distributions,
+    parse_test_distributions,
+)
 from ncl_jax.training.checkpointing import write_json_atomically
 from ncl_jax.training.saved_runs import evaluate_saved_run
 
@@ -33,6 +43,7 @@ def _define_flags() -> None:
     flags.DEFINE_list(
         "tau", None, "Post-hoc logit adjustments to report besides raw logits, e.g. 0.5,1."
     )
+    define_distribution_flags()
 
 
 def write_result(workdir: str, step: int, result: dict) -> str:
@@ -47,10 +58,20 @@ def main(argv) -> None:
     f = flags.FLAGS
 
     def run() -> None:
+        names = parse_test_distributions(f.test_distributions)
         result = evaluate_saved_run(
-            f.workdir, f.step, aggregation=f.aggregation, taus=parse_numbers(f.tau, "tau")
+            f.workdir,
+            f.step,
+            aggregation=f.aggregation,
+            taus=parse_numbers(f.tau, "tau"),
+            test_distributions=names,
+            distribution_seed=f.distribution_seed,
+            distributions_dir=f.test_distributions_dir,
         )
         print(format_table(result))
+        if "test_distributions" in result:
+            print("test distributions (ensemble raw / prior-adjusted; best single raw):")
+            print(format_distributions(result["test_distributions"]))
         if jax.process_index() == 0:
             print(f"wrote {write_result(f.workdir, result['step'], result)}")
 

@@ -15,7 +15,7 @@ from ncl_jax.analysis import analyze
 from ncl_jax.core import metrics
 from ncl_jax.data.long_tail import DatasetInfo
 from ncl_jax.errors import CheckpointError, ConfigError
-from ncl_jax.evaluation import analysis_pass, plots
+from ncl_jax.evaluation import analysis_pass, plots, test_distributions
 from ncl_jax.training import checkpointing
 
 RNG = np.random.default_rng(7)
@@ -192,6 +192,19 @@ def test_summary_per_class_top1_groups_logit_adjustment_and_ece(aggregation):
     assert np.array(out["confusion"]).sum() == MASK.sum()
 
 
+def _test_distributions(seed=0):
+    """A test_distributions section of fixed random predictions (60 % right)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(C), 50)
+    names = test_distributions.STANDARD
+    subsets = test_distributions.select_subsets(labels, names, 0, C)
+    right = rng.random((1 + len(names), K + 1, labels.size)) < 0.6
+    preds = np.where(right, labels, (labels + 1) % C)
+    masks = _info().group_masks("paper")
+    section = test_distributions.distribution_results(preds, labels, subsets, masks)
+    return {"names": list(names), "distributions": section}
+
+
 def _analysis_json():
     run = {
         "label": "toy",
@@ -205,7 +218,9 @@ def _analysis_json():
         "aggregation": "mean_logits",
         **_summary(),
     }
+    run["test_distributions"] = _test_distributions()
     single = {**run, "label": "toy_k1", "num_experts": 1, "kl_experts": None}
+    single["test_distributions"] = _test_distributions(seed=1)
     pair = {
         "runs": ["toy", "toy_k1"],
         "same_recipe": True,
@@ -219,7 +234,7 @@ def test_every_figure_is_drawn_from_the_json(tmp_path):
     written = plots.plot_all(body, str(tmp_path))
     names = sorted(os.path.basename(p) for p in written)
     assert names == sorted([*plots.FIGURES, "confusion_toy.png", "confusion_toy_k1.png"])
-    assert len(plots.FIGURES) == 6
+    assert len(plots.FIGURES) == 7
     for path in written:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -306,3 +321,23 @@ def test_compare_accepts_commas_and_repetition():
 
 def test_labels_are_unique_and_file_safe():
     assert analyze.run_labels(["a/ncl", "b/ncl/", "c/x y"]) == ["ncl", "ncl_2", "x_y"]
+
+
+def test_test_distributions_the_data_cannot_give_are_one_error_and_nothing_is_written(tmp_path):
+    from ncl_jax.errors import DataError
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "Toy_LT_uniform.txt").write_text("a.jpg 0\n")
+    run = _workdir(tmp_path / "run", source="split_list", image_root=str(tmp_path))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="--test_distributions_dir=DIR"):
+        analyze.analyze([run], str(out), test_distributions=("uniform",))
+    with pytest.raises(DataError, match=r"<Dataset>_forward2.txt: no file for test distribution"):
+        analyze.analyze(
+            [run],
+            str(out),
+            test_distributions=("forward2", "uniform"),
+            distributions_dir=str(lists),
+        )
+    assert not out.exists()

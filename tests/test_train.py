@@ -22,6 +22,7 @@ import pytest
 
 from ncl_jax.config.model_cost import model_cost
 from ncl_jax.evaluation import plots
+from ncl_jax.evaluation.tail_metrics import TAIL_METRICS
 from ncl_jax.training.checkpointing import RunCheckpoints
 from ncl_jax.training.saved_runs import read_run_config
 
@@ -165,7 +166,8 @@ def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     assert report["checkpoint"] == "checkpoints" and "not selected" in report["selection"]
     assert len(report["experts"]) == 3
     for entry in [*report["experts"], report["ensemble"], report["best_single"]]:
-        assert set(entry) >= {"top1", "many", "medium", "few"}
+        assert set(entry) >= {"top1", "many", "medium", "few", *TAIL_METRICS}
+    assert set(summary["final"]["ensemble"]) >= set(TAIL_METRICS)  # the training evaluation
     # Same numbers as the training run's own final evaluation on 8 devices.
     final = summary["final"]
     np.testing.assert_allclose(report["ensemble"]["top1"], final["ensemble"]["top1"])
@@ -174,6 +176,33 @@ def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     )
     best = RunCheckpoints(workdir, read_only=True)
     assert best.steps("best_ensemble") and best.steps("best_single")
+
+    # Test distributions: a bad name is one line before compute, nothing written.
+    os.remove(workdir / "eval_12.json")
+    cmd = [sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"]
+    bad = _run([*cmd, "--test_distributions=forward2,sideways"], env1)
+    assert bad.returncode == 2 and not (workdir / "eval_12.json").exists()
+    (line,) = bad.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: --test_distributions: 'sideways'"), bad.stderr[-2000:]
+    # One pass: the main body is unchanged, and each distribution has its exact class counts.
+    names = ["forward2", "uniform", "backward2"]
+    good = _run([*cmd, f"--test_distributions={','.join(names)}", "--distribution_seed=3"], env1)
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert "backward2" in good.stdout
+    report = json.loads((workdir / "eval_12.json").read_text())
+    np.testing.assert_allclose(report["ensemble"]["top1"], final["ensemble"]["top1"])
+    section = report["test_distributions"]
+    assert section["seed"] == 3 and section["names"] == names
+    assert section["fit_prior"].startswith("uniform")  # the smoke run trains NCL (balanced)
+    forward = np.array(section["distributions"]["forward2"]["class_counts"])
+    backward = np.array(section["distributions"]["backward2"]["class_counts"])
+    n_min = min(section["distributions"]["uniform"]["class_counts"])
+    want = np.floor(n_min * 2.0 ** (-np.arange(10) / 9)).astype(int)
+    np.testing.assert_array_equal(forward, want)
+    np.testing.assert_array_equal(backward, want[::-1])
+    for body in section["distributions"].values():
+        assert body["num_examples"] == sum(body["class_counts"])
+        assert set(body["prior_adjusted"]) >= {"experts", "ensemble", "best_single"}
 
 
 def test_result_json_records_the_model_cost_of_the_run(uninterrupted):
@@ -192,11 +221,17 @@ def test_analyze_cli_matches_the_training_evaluation_and_writes_every_figure(
     workdir, summary = uninterrupted
     out = tmp_path / "analysis"
     cmd = [sys.executable, "-m", "ncl_jax.analyze", f"--workdir={workdir}"]
-    result = _run([*cmd, f"--compare={workdir}", f"--out={out}", "--tau=1"], env)
+    result = _run(
+        [*cmd, f"--compare={workdir}", f"--out={out}", "--tau=1", "--test_distributions=forward2"],
+        env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ETA" in result.stdout and "wrote analysis.json" in result.stdout
     body = json.loads((out / "analysis.json").read_text())
-    assert body["schema_version"] == 1 and len(body["runs"]) == 2
+    assert body["schema_version"] == 2 and len(body["runs"]) == 2
+    # The same network on the same images: a run compared with itself scores the same.
+    tds = [r["test_distributions"]["distributions"]["forward2"] for r in body["runs"]]
+    assert tds[0]["ensemble"] == tds[1]["ensemble"] and tds[0]["num_examples"] > 0
     run = body["runs"][0]
     assert run["checkpoint"]["step"] == 12 and run["num_experts"] == 3
     best = _run([*cmd, "--checkpoint=best_single", f"--out={tmp_path / 'best'}"], env)

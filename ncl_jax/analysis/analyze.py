@@ -10,6 +10,7 @@ however many devices are here; see ncl_jax.evaluation.analysis_pass) and writes 
   fig5a_hardest_negative.png   score of the hardest negative class (paper Fig. 5a)
   fig5b_kl_groups.png          KL between two networks per class group (paper Fig. 5b)
   reliability.png              reliability diagrams and ECE
+  test_distributions.png       top-1 against the test class distribution (--test_distributions)
   confusion_<run>.png          ensemble confusion matrix (C <= 100)
 KL plots need a run with K >= 2 experts or two runs that differ only in their seed.
 """
@@ -29,15 +30,17 @@ from flax import traverse_util
 
 from ncl_jax import data
 from ncl_jax.cli import command_line
+from ncl_jax.core.train_step import replicate
 from ncl_jax.errors import ConfigError
 from ncl_jax.evaluation import analysis_pass, plots
+from ncl_jax.evaluation import test_distributions as test_distributions_module
 from ncl_jax.evaluation.evaluate import eval_batches
 from ncl_jax.evaluation.plots import setting_caption
 from ncl_jax.training import host_devices
 from ncl_jax.training.checkpointing import write_json_atomically
 from ncl_jax.training.saved_runs import load_run, read_run_config, selection_note
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: test_distributions (per run, with --test_distributions)
 ANALYSIS_FILE = "analysis.json"
 # Dataset fields that must agree for runs to be evaluated on the same batches.
 _SAME_EVAL_DATA = (
@@ -124,13 +127,19 @@ def analyze(
     aggregation: str | None = None,
     taus: tuple[float, ...] | None = None,
     overwrite: bool = False,
+    test_distributions: tuple[str, ...] | None = None,
+    distribution_seed: int = 0,
+    distributions_dir: str | None = None,
     log=print,
 ) -> dict:
     """Runs the analysis of `workdirs` (the first is the main run) and writes --out.
 
+    test_distributions (names; evaluation.test_distributions) add each run's test-agnostic
+    section and its figure, drawn with distribution_seed or read from distributions_dir.
     Raises ConfigError / CheckpointError / DataError (one line each) before any evaluation
-    for a bad --out, a workdir without config or checkpoint, runs on different datasets or a
-    checkpoint that does not match its config. Returns the analysis.json object."""
+    for a bad --out, a workdir without config or checkpoint, runs on different datasets, a
+    checkpoint that does not match its config, or test distributions the dataset cannot give
+    (a missing list file included). Returns the analysis.json object."""
 
     started = time.perf_counter()
     taus = tuple(taus) if taus else None
@@ -138,16 +147,26 @@ def analyze(
         taus = (0.0, *taus)  # raw logits first, as in every evaluation JSON
     configs = [read_run_config(w, aggregation=aggregation, taus=taus) for w in workdirs]
     check_same_eval_data(configs, workdirs)
+    test_distributions_module.check_request(configs[0], test_distributions, distributions_dir)
     created = prepare_out_dir(out, overwrite=overwrite)
     try:
-        return _analyze(workdirs, configs, out, checkpoint=checkpoint, started=started, log=log)
+        if not test_distributions:
+            return _analyze(
+                workdirs, configs, out, None, checkpoint=checkpoint, started=started, log=log
+            )
+        with test_distributions_module.distribution_plan(
+            configs[0], test_distributions, seed=distribution_seed, list_dir=distributions_dir
+        ) as plan:
+            return _analyze(
+                workdirs, configs, out, plan, checkpoint=checkpoint, started=started, log=log
+            )
     except BaseException:
         if created and not os.listdir(out):  # leave no trace of a failed analysis
             os.rmdir(out)
         raise
 
 
-def _analyze(workdirs, configs, out, *, checkpoint, started, log) -> dict:
+def _analyze(workdirs, configs, out, plan, *, checkpoint, started, log) -> dict:
     host_devices.configure(
         int(configs[0].get("cpu_devices", -1)), batch_sizes=(int(configs[0].eval_batch_size),)
     )
@@ -163,13 +182,32 @@ def _analyze(workdirs, configs, out, *, checkpoint, started, log) -> dict:
         f"analysing {len(runs)} run(s) on {num_eval} {info.name} images ({num_batches} "
         f"batches of {global_batch}) on {jax.device_count()} {jax.default_backend()} device(s)"
     )
+    adjustments = None
+    if plan is not None:
+        adjustments = [test_distributions_module.run_adjustments(plan, r.step_cfg) for r in runs]
+    shared = plan is not None and plan.shares_eval_pass
     result = analysis_pass.analysis_pass(
         [r.step_cfg for r in runs],
         [r.state for r in runs],
         eval_batches(configs[0]),
         num_batches=num_batches,
         progress=log,
+        adjustments=adjustments if shared else None,
+        global_batch=global_batch,
     )
+    stores = result.predictions
+    if plan is not None and not shared:  # list files: one more pass, over their images
+        log(f"test distributions: a pass over the {len(plan.labels)} images of the list files")
+        stores = [
+            test_distributions_module.run_prediction_pass(
+                test_distributions_module.pmap_prediction_step(r.step_cfg),
+                replicate(r.state),
+                eval_batches(plan.config),
+                a,
+                global_batch=global_batch,
+            )[1]
+            for r, a in zip(runs, adjustments, strict=True)
+        ]
     class_names = plots.class_names_of(info)
     body = {
         "schema_version": SCHEMA_VERSION,
@@ -178,13 +216,23 @@ def _analyze(workdirs, configs, out, *, checkpoint, started, log) -> dict:
         "runs": [],
         "kl_between_runs": [],
     }
-    for run, label, sums in zip(runs, labels, result.runs, strict=True):
+    for r, (run, label, sums) in enumerate(zip(runs, labels, result.runs, strict=True)):
         summary = analysis_pass.summarize(
             sums,
             info=run.info,
             taus=run.step_cfg.eval.taus,
             class_names=class_names,
         )
+        if plan is not None:
+            summary["test_distributions"] = {
+                "group_rule": run.config.group_rule,
+                **test_distributions_module.section(
+                    plan,
+                    stores[r].result(len(plan.labels)),
+                    run.info.group_masks(run.config.group_rule),
+                    run.step_cfg.loss.balanced,
+                ),
+            }
         experts = [
             summary["groups"]["paper"][f"expert_{k}"]["top1"] for k in range(run.state.num_experts)
         ]
@@ -263,6 +311,17 @@ def format_summary(body: dict) -> str:
                 for run in body["runs"]
             )
         )
+    for run in body["runs"]:
+        if run.get("test_distributions"):
+            section = run["test_distributions"]["distributions"]
+            lines.append(
+                f"{run['label']} ensemble top-1 raw / prior-adjusted: "
+                + ", ".join(
+                    f"{name} {d['ensemble']['top1']:.2f}/"
+                    f"{d['prior_adjusted']['ensemble']['top1']:.2f}"
+                    for name, d in section.items()
+                )
+            )
     pairs = body["runs"][0]["confused_pairs"] or []
     if pairs:
         lines.append(

@@ -21,6 +21,10 @@ Columns of report.csv (stable; other tools read them), after the setting fields:
            | experts_mean (the mean over the experts: Fig. 4's "single"; at the best-single
              epoch for `best`)
     metric = top1 | many | medium | few (percent; empty when the test set has no such class)
+           | worst_class | hmean | gmean (the lowest, harmonic and geometric mean per-class
+             top-1, percent; the means are 0 when a class scores 0) | nll (mean negative
+             log-likelihood, nats) | ece (15-bin expected calibration error, a fraction);
+             ncl_jax/evaluation/tail_metrics.py; empty for runs that predate them
   std is the sample standard deviation over the finished runs (empty for fewer than two).
 
 The program: `python -m ncl_jax.report` (ncl_jax/report.py).
@@ -44,7 +48,7 @@ REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"
 WHENS = ("last", "best")
 MODELS = ("ensemble", "single", "experts_mean")
-METRICS = ("top1", "many", "medium", "few")
+METRICS = ("top1", "many", "medium", "few", "worst_class", "hmean", "gmean", "nll", "ece")
 SEED_FIELDS = ("seed", "dataset.subset_seed")
 # Column: (result.json's model_cost key, divisor). Equal for every run of a setting.
 COST_COLUMNS = {
@@ -89,7 +93,7 @@ def _scores(evaluation: dict) -> dict[str, dict]:
     mean = {
         m: (
             statistics.fmean(e[m] for e in experts)
-            if all(e[m] is not None for e in experts)
+            if all(e.get(m) is not None for e in experts)
             else None
         )
         for m in METRICS
@@ -117,8 +121,8 @@ def run_values(result: dict) -> dict[str, float | None]:
     }
     for model in MODELS:
         for metric in METRICS:
-            out[f"last_{model}_{metric}"] = last[model][metric]
-            out[f"best_{model}_{metric}"] = best[model][metric] if best[model] else None
+            out[f"last_{model}_{metric}"] = last[model].get(metric)
+            out[f"best_{model}_{metric}"] = best[model].get(metric) if best[model] else None
     return out
 
 

@@ -174,6 +174,24 @@ def per_class_correct(
     return jnp.stack(out), jnp.sum(onehot, axis=0)
 
 
+def likelihood_sums(
+    logits, labels, mask, *, log_prior=None, taus=(0.0,), aggregation: str = "mean_logits"
+) -> dict:
+    """The sums behind NLL and ECE, for each adjustment tau, each expert and the ensemble.
+
+    logits [K, b, C], labels [b], mask [b], log_prior [C] (needed when a tau is not 0).
+    Returns {"nll": [T, K + 1] sums of -log p(label), "calibration": [T, K + 1, bins, 3]
+    (`calibration_sums`)}, p the softmax of each model (the ensemble's by `aggregation`,
+    as `model_log_probs`), padding excluded."""
+    nll, calibration = [], []
+    for tau in taus:
+        log_probs = model_log_probs(adjust_logits(logits, log_prior, tau), aggregation)
+        label_log_probs = jnp.take_along_axis(log_probs, labels[None, :, None], axis=-1)[..., 0]
+        nll.append(-jnp.sum(jnp.where(mask, label_log_probs, 0.0), axis=-1))
+        calibration.append(calibration_sums(log_probs, labels, mask))
+    return {"nll": jnp.stack(nll), "calibration": jnp.stack(calibration)}
+
+
 def accuracy_summary(
     correct: np.ndarray, totals: np.ndarray, group_masks: dict[str, np.ndarray]
 ) -> dict:

@@ -127,19 +127,28 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig
     return out["logits"]
 
 
-def eval_counts_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig):
-    """Evaluation reduced on device: per-class correct counts, psum'ed over devices."""
-    logits = eval_step(state, batch, cfg=cfg)
+def eval_sums(logits, batch: dict[str, jax.Array], *, cfg: StepConfig) -> dict:
+    """One batch's evaluation sums on this device (unreduced): per-class correct counts
+    "correct" [T, K + 1, C] and "totals" [C] (`metrics.per_class_correct`), and the NLL and
+    calibration sums "nll" [T, K + 1], "calibration" [T, K + 1, bins, 3]
+    (`metrics.likelihood_sums`), for each tau of cfg.eval."""
     counts = jnp.asarray(cfg.class_counts, jnp.float32)
-    correct, totals = metrics.per_class_correct(
-        logits,
-        batch["label"],
-        batch["mask"],
+    options = dict(
         log_prior=jnp.log(counts / jnp.sum(counts)),
         taus=cfg.eval.taus,
         aggregation=cfg.eval.aggregation,
     )
-    return jax.lax.psum(correct, AXIS), jax.lax.psum(totals, AXIS)
+    correct, totals = metrics.per_class_correct(logits, batch["label"], batch["mask"], **options)
+    return {
+        "correct": correct,
+        "totals": totals,
+        **metrics.likelihood_sums(logits, batch["label"], batch["mask"], **options),
+    }
+
+
+def eval_counts_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: StepConfig):
+    """Evaluation reduced on device: `eval_sums`, psum'ed over devices."""
+    return jax.lax.psum(eval_sums(eval_step(state, batch, cfg=cfg), batch, cfg=cfg), AXIS)
 
 
 def replicate(tree: Any, devices=None) -> Any:

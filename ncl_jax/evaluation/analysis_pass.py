@@ -23,6 +23,7 @@ import numpy as np
 from ncl_jax.core import metrics
 from ncl_jax.core.train_step import AXIS, eval_step, replicate, unreplicate
 from ncl_jax.data.long_tail import GROUP_RULES
+from ncl_jax.evaluation.test_distributions import PredictionStore, predictions
 
 # A confusion matrix costs C^2 floats per device; beyond this it is skipped (ImageNet-LT's
 # 1,000 classes take 4 MB, iNaturalist's 8,142 would take 265 MB).
@@ -56,7 +57,7 @@ def analysis_sums(logits, labels, mask, log_prior, *, taus, aggregation, with_co
     return sums, log_probs[-1]
 
 
-def _analysis_step(state, batch, *, cfg, with_confusion):
+def _analysis_step(state, batch, adjustments, *, cfg, with_confusion):
     logits = eval_step(state, batch, cfg=cfg)
     counts = jnp.asarray(cfg.class_counts, jnp.float32)
     sums, ensemble_log_probs = analysis_sums(
@@ -68,7 +69,8 @@ def _analysis_step(state, batch, *, cfg, with_confusion):
         aggregation=cfg.eval.aggregation,
         with_confusion=with_confusion,
     )
-    return jax.lax.psum(sums, AXIS), ensemble_log_probs
+    preds = None if adjustments is None else predictions(logits, adjustments, cfg.eval.aggregation)
+    return jax.lax.psum(sums, AXIS), ensemble_log_probs, preds
 
 
 def _pair_kl_step(log_p, log_q, batch):
@@ -88,6 +90,7 @@ class PassResult:
     runs: list[dict[str, np.ndarray]]
     kl_between_runs: dict[tuple[int, int], np.ndarray]
     seconds: float
+    predictions: list | None = None  # per run, a PredictionStore (with `adjustments`)
 
 
 def analysis_pass(
@@ -97,20 +100,28 @@ def analysis_pass(
     *,
     num_batches: int | None = None,
     progress: Callable[[str], None] | None = None,
+    adjustments: Sequence[np.ndarray] | None = None,
+    global_batch: int | None = None,
 ) -> PassResult:
     """Evaluates every run on the same batches once; everything stays on device until the end.
 
     step_cfgs / states: one StepConfig and host TrainState per run (same classes). Reports
-    progress with an ETA about every 10% of `num_batches` through `progress`."""
+    progress with an ETA about every 10% of `num_batches` through `progress`. With
+    `adjustments` (per run, [D, C] test-prior adjustments) the pass also keeps every image's
+    predictions (test_distributions.predictions) in a PredictionStore per run, which needs
+    the `global_batch` size of `batches`."""
     num_classes = len(step_cfgs[0].class_counts)
     with_confusion = num_classes <= MAX_CONFUSION_CLASSES
     steps = [
         jax.pmap(
             functools.partial(_analysis_step, cfg=cfg, with_confusion=with_confusion),
             axis_name=AXIS,
+            in_axes=(0, 0, None),
         )
         for cfg in step_cfgs
     ]
+    shifts = [None] * len(states) if adjustments is None else [jnp.asarray(a) for a in adjustments]
+    stores = None if adjustments is None else [PredictionStore(global_batch) for _ in states]
     pair_kl = jax.pmap(_pair_kl_step, axis_name=AXIS)
     replicated = [replicate(state) for state in states]
     pairs = list(itertools.combinations(range(len(states)), 2))
@@ -121,9 +132,11 @@ def analysis_pass(
     for batch in batches:
         log_probs = []
         for r, (step, state) in enumerate(zip(steps, replicated, strict=True)):
-            sums, lp = step(state, batch)
+            sums, lp, preds = step(state, batch, shifts[r])
             totals[r] = sums if totals[r] is None else _accumulate(totals[r], sums)
             log_probs.append(lp)
+            if stores is not None:
+                stores[r].add(seen, preds)
         for i, j in pairs:
             kl = pair_kl(log_probs[i], log_probs[j], batch)
             kl_totals[i, j] = kl if (i, j) not in kl_totals else _accumulate(kl_totals[i, j], kl)
@@ -144,7 +157,7 @@ def analysis_pass(
         raise ValueError("the evaluation split is empty; check dataset.eval_split.")
     host = [unreplicate(t) for t in totals]
     between = {pair: unreplicate(kl) for pair, kl in kl_totals.items()}
-    return PassResult(host, between, time.perf_counter() - start)
+    return PassResult(host, between, time.perf_counter() - start, stores)
 
 
 # ---------------------------------------------------------------------------- summaries

@@ -12,25 +12,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ncl_jax import data
-from ncl_jax.core.metrics import GROUPS, evaluation_result
+from ncl_jax.core.metrics import GROUPS
 from ncl_jax.core.train_step import unreplicate
+from ncl_jax.evaluation.tail_metrics import evaluation_body
 
 
-def evaluation_counts(p_eval_counts, replicated_state, batches: Iterable[dict]):
-    """Runs the pmapped per-class counting step over all eval batches (padded, masked):
-    correct [T, K + 1, C] (per tau: experts, then the ensemble) and totals [C], on the host."""
-    correct = totals = None
+def evaluation_counts(p_eval_counts, replicated_state, batches: Iterable[dict]) -> dict:
+    """Runs the pmapped evaluation step over all eval batches (padded, masked) and sums its
+    `core.train_step.eval_sums` on device; returns them on the host: correct [T, K + 1, C]
+    (per tau: experts, then the ensemble), totals [C], nll [T, K + 1], calibration
+    [T, K + 1, bins, 3]."""
+    total = None
     for batch in batches:
         # psum'ed over the pmap axis, which spans the devices of every process.
-        c, t = unreplicate(p_eval_counts(replicated_state, batch))
-        correct = c if correct is None else correct + c
-        totals = t if totals is None else totals + t
-    if correct is None:
+        sums = p_eval_counts(replicated_state, batch)
+        total = sums if total is None else _accumulate(total, sums)
+    if total is None:
         raise ValueError("the evaluation split is empty; check dataset.eval_split.")
-    return correct, totals
+    return unreplicate(total)
+
+
+@jax.jit
+def _accumulate(total, new):
+    return jax.tree.map(jnp.add, total, new)
 
 
 def run_evaluation(
@@ -42,10 +50,10 @@ def run_evaluation(
     taus=(0.0,),
     aggregation: str = "mean_logits",
 ) -> dict:
-    """The evaluation JSON (metrics.evaluation_result) of `evaluation_counts`; taus and
+    """The evaluation JSON (tail_metrics.evaluation_body) of `evaluation_counts`; taus and
     aggregation must be those the step was built with (StepConfig.eval)."""
-    correct, totals = evaluation_counts(p_eval_counts, replicated_state, batches)
-    return evaluation_result(correct, totals, group_masks, taus=taus, aggregation=aggregation)
+    sums = evaluation_counts(p_eval_counts, replicated_state, batches)
+    return evaluation_body(sums, group_masks, taus=taus, aggregation=aggregation)
 
 
 def format_table(result: dict) -> str:
@@ -57,7 +65,10 @@ def format_table(result: dict) -> str:
 
 
 def _table(result: dict) -> str:
-    header = f"{'model':<14}{'top1':>8}" + "".join(f"{g:>8}" for g in GROUPS)
+    columns = [("top1", "top1"), *((g, g) for g in GROUPS)]
+    columns += [("worst_class", "worst"), ("hmean", "hmean"), ("gmean", "gmean")]
+    header = f"{'model':<14}" + "".join(f"{title:>8}" for _, title in columns)
+    header += f"{'NLL':>8}{'ECE %':>8}"
     fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8}"
     rows = [(f"expert {i}", e) for i, e in enumerate(result["experts"])]
     rows += [
@@ -65,9 +76,14 @@ def _table(result: dict) -> str:
         (f"best single({result['best_single']['expert']})", result["best_single"]),
     ]
     lines = [header, "-" * len(header)]
-    lines += [
-        f"{name:<14}" + fmt(r["top1"]) + "".join(fmt(r[g]) for g in GROUPS) for name, r in rows
-    ]
+    for name, r in rows:
+        ece = r.get("ece")
+        lines.append(
+            f"{name:<14}"
+            + "".join(fmt(r.get(key)) for key, _ in columns)
+            + (f"{r['nll']:8.3f}" if r.get("nll") is not None else f"{'-':>8}")
+            + fmt(None if ece is None or ece != ece else 100 * ece)
+        )
     return "\n".join(lines)
 
 

@@ -270,6 +270,36 @@ def plot_hardest_negative(analysis: dict, path: str) -> str:
     return save_figure(fig, path)
 
 
+def plot_test_distributions(analysis: dict, path: str) -> str | None:
+    """Ensemble top-1 against the test class distribution (forward50 ... uniform ...
+    backward50), runs overlaid: raw logits solid, adjusted by the known test prior dashed.
+    None when no run has a `test_distributions` section."""
+    runs = [run for run in analysis["runs"] if run.get("test_distributions")]
+    if not runs:
+        return None
+    names = runs[0]["test_distributions"]["names"]
+    fig = new_figure(8, 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    for run, color in zip(runs, palette(len(runs)), strict=True):
+        section = run["test_distributions"]["distributions"]
+        raw = [section[n]["ensemble"]["top1"] for n in names]
+        adjusted = [section[n]["prior_adjusted"]["ensemble"]["top1"] for n in names]
+        ax.plot(x, raw, "-o", color=color, lw=2, ms=4, label=f"{run['label']} raw")
+        ax.plot(
+            x, adjusted, "--s", color=color, lw=1.3, ms=3, label=f"{run['label']} prior-adjusted"
+        )
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("test class distribution (forward: head classes most frequent, as in training)")
+    ax.set_ylabel("ensemble top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Test-agnostic evaluation: top-1 under shifted test priors (SADE / BalPoE)")
+    _caption(fig, analysis)
+    return save_figure(fig, path)
+
+
 def plot_reliability(analysis: dict, path: str) -> str:
     """Reliability diagram and ECE of the ensemble and the best expert, one panel per run."""
     runs = analysis["runs"]
@@ -398,6 +428,7 @@ FIGURES = {
     "fig5a_hardest_negative.png": plot_hardest_negative,
     "fig5b_kl_groups.png": plot_kl_groups,  # likewise
     "reliability.png": plot_reliability,
+    "test_distributions.png": plot_test_distributions,  # with --test_distributions
 }
 
 

@@ -27,11 +27,12 @@ from ncl_jax import data
 from ncl_jax.config import builders
 from ncl_jax.config.model_cost import model_cost
 from ncl_jax.config.validation import validate_config
-from ncl_jax.core.metrics import MetricSums, eval_scalars, evaluation_result
+from ncl_jax.core.metrics import MetricSums, eval_scalars
 from ncl_jax.core.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
 from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.evaluation.evaluate import eval_batches, evaluation_counts
 from ncl_jax.evaluation.plots import per_class_image
+from ncl_jax.evaluation.tail_metrics import evaluation_body
 from ncl_jax.training.checkpointing import RunCheckpoints, write_json_atomically
 
 # Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
@@ -179,10 +180,10 @@ def train_and_evaluate(
             flush_train_metrics()
             epochs_done = epoch + 1
             if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
-                correct, totals = evaluation_counts(p_eval, replicated, eval_batches(config))
-                last_eval = evaluation_result(
-                    correct,
-                    totals,
+                eval_totals = evaluation_counts(p_eval, replicated, eval_batches(config))
+                correct, totals = eval_totals["correct"], eval_totals["totals"]
+                last_eval = evaluation_body(
+                    eval_totals,
                     group_masks,
                     taus=step_cfg.eval.taus,
                     aggregation=step_cfg.eval.aggregation,

@@ -15,6 +15,7 @@ from ncl_jax.config import builders
 from ncl_jax.config.variants import resolve_config
 from ncl_jax.core.train_step import pmap_eval_counts_step, replicate
 from ncl_jax.errors import CheckpointError
+from ncl_jax.evaluation import test_distributions as test_distributions_module
 from ncl_jax.evaluation.evaluate import eval_batches, run_evaluation
 from ncl_jax.training import host_devices
 from ncl_jax.training.checkpointing import RunCheckpoints
@@ -91,24 +92,39 @@ def evaluate_saved_run(
     *,
     aggregation: str | None = None,
     taus: tuple[float, ...] | None = None,
+    test_distributions: tuple[str, ...] | None = None,
+    distribution_seed: int = 0,
+    distributions_dir: str | None = None,
 ) -> dict:
     """Restores a checkpoint of `workdir` on however many devices are here and evaluates it.
-    aggregation / taus override the run's eval_aggregation / eval_tau for this evaluation.
+    aggregation / taus override the run's eval_aggregation / eval_tau for this evaluation;
+    test_distributions (names, evaluation.test_distributions) add the test-agnostic section,
+    drawn with distribution_seed or read from distributions_dir's list files.
     Call it before anything starts JAX's backend: it splits a CPU host into devices first."""
     config = read_run_config(workdir, aggregation=aggregation, taus=taus)
+    test_distributions_module.check_request(config, test_distributions, distributions_dir)
     # Evaluation uses running BatchNorm statistics, so splitting the host is always safe.
     host_devices.configure(
         int(config.get("cpu_devices", -1)), batch_sizes=(int(config.eval_batch_size),)
     )
-    run = load_run(workdir, config, step)
-    result = run_evaluation(
-        pmap_eval_counts_step(run.step_cfg),
-        replicate(run.state),
-        eval_batches(config),
-        run.info.group_masks(config.group_rule),
-        taus=run.step_cfg.eval.taus,
-        aggregation=run.step_cfg.eval.aggregation,
-    )
+    if test_distributions:
+        with test_distributions_module.distribution_plan(
+            config, test_distributions, seed=distribution_seed, list_dir=distributions_dir
+        ) as plan:
+            run = load_run(workdir, config, step)
+            result = test_distributions_module.evaluate_with_distributions(
+                plan, config, run.step_cfg, run.state, run.info.group_masks(config.group_rule)
+            )
+    else:
+        run = load_run(workdir, config, step)
+        result = run_evaluation(
+            pmap_eval_counts_step(run.step_cfg),
+            replicate(run.state),
+            eval_batches(config),
+            run.info.group_masks(config.group_rule),
+            taus=run.step_cfg.eval.taus,
+            aggregation=run.step_cfg.eval.aggregation,
+        )
     return {
         "step": run.step,
         "checkpoint": run.kind,
