@@ -32,8 +32,8 @@ import statistics
 
 from flax import traverse_util
 
+from ncl_jax.config.resume_rules import RUNTIME_FIELDS
 from ncl_jax.errors import ConfigError
-from ncl_jax.training.checkpointing import RESUMABLE_FIELDS
 from ncl_jax.training.sweep import run_state
 
 REPORT_MD = "report.md"
@@ -117,7 +117,7 @@ def setting_key(config: dict) -> dict:
     fields."""
 
     flat = traverse_util.flatten_dict(config, sep=".")
-    ignored = set(SEED_FIELDS) | set(RESUMABLE_FIELDS) | {"preset_variant"}
+    ignored = set(SEED_FIELDS) | set(RUNTIME_FIELDS)
     return {k: v for k, v in flat.items() if k not in ignored}
 
 
