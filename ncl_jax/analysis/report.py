@@ -5,8 +5,9 @@ Every workdir below the directory (any depth; a sweep's or hand-made) is one run
 `finished` when training wrote result.json, `failed` when the sweep recorded a failure, else
 `unfinished`; only finished runs are averaged, the others are counted in their own columns.
 Runs belong to the same setting when their resolved configs agree on every field except the
-training seed (`seed`), the subset seed (`dataset.subset_seed`) and fields that do not change
-what is trained; the fields that differ between settings are the table's first columns.
+training seed (`seed`), the subset seed (`dataset.subset_seed`) and the runtime-only fields
+(`ncl_jax.config.resume_rules.RUNTIME_FIELDS`); the fields that differ between settings are
+the table's first columns.
 
 Columns of report.csv (stable; other tools read them), after the setting fields:
   runs, unfinished, failed, selection_split,
