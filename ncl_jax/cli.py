@@ -8,11 +8,12 @@ the work itself runs under `run_cli`, which does the same for bad input found la
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from absl import app, flags
 
@@ -63,19 +64,46 @@ _HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "--helpxml", "-help", "-h"
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError)
 
 
-def flag_error_message(err: BaseException, argv: Sequence[str]) -> str:
-    """One line for an exception raised while parsing `argv` (pure; tested directly)."""
+def not_a_field_message(path: str, fields: Iterable[str]) -> str:
+    """One line for an unknown config field: its full dotted `path` and the nearest of the
+    known dotted `fields` (difflib's similarity, best first)."""
+    nearest = difflib.get_close_matches(path, list(fields), n=3, cutoff=0.0)
+    if not nearest:
+        return f"{path} is not a config field."
+    others = f" (other near names: {', '.join(nearest[1:])})" if len(nearest) > 1 else ""
+    return f"{path} is not a config field; did you mean {nearest[0]}?{others}"
+
+
+_MISSING_KEY = re.compile(r"^\W*'(?P<key>[^'\\]+)\\?'")
+
+
+def flag_error_message(
+    err: BaseException, argv: Sequence[str], fields: Iterable[str] | None = None
+) -> str:
+    """One line for an exception raised while parsing `argv` (pure; tested directly).
+
+    fields: the dotted fields of the config being overridden, when known; a misspelt
+    override is then named by its full path with the nearest fields (`not_a_field_message`).
+    """
     text = str(err.args[0]) if isinstance(err, AttributeError | KeyError) and err.args else str(err)
     suggestion = _SUGGESTION.search(text)
-    if suggestion:  # ml_collections: a misspelled field of a config override
-        key, hint = suggestion["key"], suggestion["hint"]
+    missing = suggestion or (
+        _MISSING_KEY.search(text) if isinstance(err, AttributeError | KeyError) else None
+    )
+    if missing:  # ml_collections: a misspelled field of a config override
+        key = missing["key"]
         for arg in argv:
             path = arg.lstrip("-").split("=", 1)[0].split(".")
             if len(path) > 1 and key in path[1:]:
-                at = path.index(key, 1)
-                fixed = ".".join([*path[1:at], hint, *path[at + 1 :]])
-                return f"{'.'.join(path[1:])} is not a config field; did you mean {fixed}?"
-        return f"{key} is not a config field; did you mean {hint}?"
+                if fields is not None:
+                    return not_a_field_message(".".join(path[1:]), fields)
+                if suggestion:
+                    at = path.index(key, 1)
+                    fixed = ".".join([*path[1:at], suggestion["hint"], *path[at + 1 :]])
+                    return f"{'.'.join(path[1:])} is not a config field; did you mean {fixed}?"
+                return f"{'.'.join(path[1:])} is not a config field."
+        if suggestion:
+            return f"{key} is not a config field; did you mean {suggestion['hint']}?"
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) > 1:  # a traceback inside the message: keep its head and the final cause
         causes = [m["msg"] for m in map(_EXCEPTION_LINE.match, lines) if m]
@@ -100,8 +128,34 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
             sys.exit(0)
         raise
     except _FLAG_ERRORS as err:
-        print(f"error: {flag_error_message(err, argv)}", file=sys.stderr)
+        message = flag_error_message(err, argv, _config_fields(flag_values, argv))
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _config_fields(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str] | None:
+    """The dotted leaf fields of the config file named by a `--NAME=FILE` argument of a
+    config-file flag, loaded again (it failed to load with its overrides); None when there is
+    none or it does not load."""
+    for arg in argv:
+        name, _, value = arg.lstrip("-").partition("=")
+        if "." in name or name not in flag_values or not value:
+            continue
+        try:
+            config = flag_values[name].parser.parse(value)
+            tree = config.to_dict()
+        except Exception:  # not a config flag, or a config file that does not load
+            continue
+        return list(_dotted_leaves(tree))
+    return None
+
+
+def _dotted_leaves(tree: dict, prefix: str = "") -> Iterable[str]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _dotted_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 def parse_numbers(values: Sequence[str] | None, flag: str) -> tuple[float, ...] | None:

@@ -4,6 +4,7 @@
   python -m ncl_jax.main --config=configs/cifar10_lt.py:quick --workdir=runs/quick \\
       --config.dataset.name=cifar10_jpeg
   python -m ncl_jax.main ... --workdir=runs/quick --step=386   # resume from an earlier step
+  python -m ncl_jax.main ... --workdir=runs/quick --extend_to_epochs=8   # train a run longer
 (`ncl-train` is the same program.)
 
 Several processes (multi-host GPU / TPU pods, or the local CPU test) are joined with
@@ -21,6 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from ncl_jax.cli import run_app, run_cli
+from ncl_jax.config.validation import validate_fields
 from ncl_jax.config.variants import resolve_config
 from ncl_jax.perf.memory_fit import out_of_memory_error, out_of_memory_phase
 from ncl_jax.training import host_devices
@@ -37,6 +39,12 @@ def _define_flags() -> None:
         None,
         "Resume from this checkpoint step (default: the newest readable, finite one); newer "
         "checkpoints are moved to WORKDIR/set_aside.",
+    )
+    flags.DEFINE_integer(
+        "extend_to_epochs",
+        None,
+        "Train the run in --workdir on to this many epochs (sets num_epochs); refused when its "
+        "schedule depends on num_epochs (cosine). See docs/training.md#extending-a-run.",
     )
     flags.DEFINE_string(
         "coordinator_address",
@@ -86,12 +94,14 @@ def _cluster_detected() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def train_reporting_oom(config, workdir: str, *, resume_step: int | None = None) -> dict:
+def train_reporting_oom(
+    config, workdir: str, *, resume_step: int | None = None, extend: bool = False
+) -> dict:
     """train_and_evaluate of a resolved config, with running out of device memory turned
     into one ConfigError that names the batch size that failed and one that fits
     (ncl_jax.perf.memory_fit.out_of_memory_error). Nothing is saved on that path."""
     try:
-        return train_and_evaluate(config, workdir, resume_step=resume_step)
+        return train_and_evaluate(config, workdir, resume_step=resume_step, extend=extend)
     except RuntimeError as err:
         phase = out_of_memory_phase(err)
         if phase is None:
@@ -104,8 +114,12 @@ def main(argv) -> None:
     del argv
 
     def run():
+        extend_to = flags.FLAGS.extend_to_epochs
+        if extend_to is not None:
+            flags.FLAGS.config.num_epochs = extend_to
         # The one resolution of this program: after the config file and every override.
         config = resolve_config(flags.FLAGS.config)
+        validate_fields(config)  # before JAX starts and before the workdir is touched
         _configure_cpu_devices(config)
         _maybe_initialize_distributed()
         host_devices.check_platform(jax.default_backend())
@@ -117,7 +131,9 @@ def main(argv) -> None:
             jax.device_count(),
             jax.default_backend(),
         )
-        result = train_reporting_oom(config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step)
+        result = train_reporting_oom(
+            config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step, extend=extend_to is not None
+        )
         if jax.process_index() == 0:
             print(json.dumps(result))
 

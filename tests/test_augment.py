@@ -169,6 +169,8 @@ _SEEDLESS = ("cifar_test", "resize_center_crop")
 
 def test_views_and_normalization_constants():
     assert set(augment.VIEWS) == set(_VIEW_INPUTS)
+    # the names config validation checks (data/choices.py) are exactly the implemented ones
+    assert tuple(augment._VIEW_FNS) == augment.VIEWS
     assert augment.NORMALIZATION["cifar"] == ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
     assert augment.NORMALIZATION["imagenet"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert augment.NORMALIZATION["inat"] == ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192))

@@ -61,6 +61,11 @@ def _one_error_line(capsys, status=2):
             "error: dataset.nmae is not a config field; did you mean dataset.name?",
         ),
         (["--config=configs/smoke.py"], "error: flag --workdir=None: Flag --workdir must have"),
+        (  # reported: printed only `error: "'lrr'"`
+            ["--config=configs/smoke.py", "--workdir=w", "--config.optim.lrr=0.1"],
+            "error: optim.lrr is not a config field; did you mean optim.learning_rate? (other "
+            "near names: ",
+        ),
     ],
 )
 def test_bad_flags_and_configs_are_one_line_with_the_librarys_hint(capsys, args, expected):
@@ -130,6 +135,11 @@ def _smoke(**overrides):
         ({"batch_size": 12}, ("batch_size=12", "8 devices")),
         ({"moco.queue_size": 40}, ("moco.queue_size=40",)),
         ({"model.num_experts": 0}, ("num_experts=0",)),
+        # reported: 0 and -16 were "does not split over 2 devices", and a bad view wrote
+        # config.json, then died in a traceback
+        ({"batch_size": 0}, ("batch_size=0 is out of range; it must be >= 1",)),
+        ({"batch_size": -16}, ("batch_size=-16 is out of range; it must be >= 1",)),
+        ({"dataset.train_view": "nosuch"}, ("dataset.train_view='nosuch' is unknown",)),
     ],
 )
 def test_bad_config_fails_with_one_line_before_compute(

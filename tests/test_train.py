@@ -336,6 +336,50 @@ def test_workdir_of_a_different_config_is_refused_untouched(env, uninterrupted):
     assert _snapshot(workdir) == before
 
 
+def test_a_finished_run_extended_with_a_runtime_change_matches_the_longer_run(
+    env, uninterrupted, tmp_path
+):
+    """Reported: --config.num_epochs on a finished run and --config.cpu_devices on a resumed
+    one were refused. A 2-epoch run extended to 4 epochs (warmup_multistep: the rates of the
+    epochs trained do not depend on num_epochs) ends with the 4-epoch run's parameters."""
+    reference_dir, _ = uninterrupted
+    workdir = tmp_path / "extended"
+    short = _run(_main_cmd(workdir, "--config.num_epochs=2", "--config.optim.milestones=(3,)"), env)
+    assert short.returncode == 0, short.stderr[-3000:]
+    assert json.loads((workdir / "result.json").read_text())["step"] == 6
+
+    longer = _main_cmd(workdir, *LONGER, "--config.cpu_devices=1")
+    refused = _run(longer, env)
+    _assert_one_line_error(refused, "num_epochs: 2 -> 4", "--extend_to_epochs=N")
+
+    extended = _run(
+        [*_main_cmd(workdir, *LONGER[1:]), "--config.cpu_devices=1", "--extend_to_epochs=4"], env
+    )
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "runtime-only changes" in extended.stderr and "cpu_devices: -1 -> 1" in extended.stderr
+    assert json.loads((workdir / "set_aside" / "result.json").read_text())["step"] == 6
+    assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 4
+    (step_a, state_a), (step_b, state_b) = _final_state(reference_dir), _final_state(workdir)
+    assert step_a == step_b == 12
+    _assert_same_tree(state_a, state_b, exact=True)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("--config.optim.lrr=0.1", "optim.lrr is not a config field; did you mean optim.lear"),
+        ("--config.batch_size=0", "batch_size=0 is out of range; it must be >= 1"),
+        ("--config.dataset.train_view=nosuch", "dataset.train_view='nosuch' is unknown"),
+    ],
+)
+def test_reported_config_mistakes_are_one_line_before_the_workdir(
+    env, tmp_path, override, fragment
+):
+    result = _run(_main_cmd(tmp_path / "w", override), env)
+    _assert_one_line_error(result, fragment)
+    assert not (tmp_path / "w").exists()
+
+
 def test_corrupt_checkpoint_is_refused_by_evaluate_and_skipped_by_training(
     env, uninterrupted, tmp_path
 ):

@@ -5,8 +5,9 @@ Every workdir below the directory (any depth; a sweep's or hand-made) is one run
 `finished` when training wrote result.json, `failed` when the sweep recorded a failure, else
 `unfinished`; only finished runs are averaged, the others are counted in their own columns.
 Runs belong to the same setting when their resolved configs agree on every field except the
-training seed (`seed`), the subset seed (`dataset.subset_seed`) and fields that do not change
-what is trained; the fields that differ between settings are the table's first columns.
+training seed (`seed`), the subset seed (`dataset.subset_seed`) and the runtime-only fields
+(`ncl_jax.config.resume_rules.RUNTIME_FIELDS`); the fields that differ between settings are
+the table's first columns.
 
 Columns of report.csv (stable; other tools read them), after the setting fields:
   runs, unfinished, failed, selection_split,
@@ -40,8 +41,8 @@ import statistics
 
 from flax import traverse_util
 
+from ncl_jax.config.resume_rules import RUNTIME_FIELDS
 from ncl_jax.errors import ConfigError
-from ncl_jax.training.checkpointing import RESUMABLE_FIELDS
 from ncl_jax.training.sweep import run_state
 
 REPORT_MD = "report.md"
@@ -140,7 +141,7 @@ def setting_key(config: dict) -> dict:
     fields."""
 
     flat = traverse_util.flatten_dict(config, sep=".")
-    ignored = set(SEED_FIELDS) | set(RESUMABLE_FIELDS) | {"preset_variant"}
+    ignored = set(SEED_FIELDS) | set(RUNTIME_FIELDS)
     return {k: v for k, v in flat.items() if k not in ignored}
 
 

@@ -16,6 +16,12 @@ import numpy as np
 import optax
 
 SCHEDULES = ("warmup_multistep", "cosine")  # optim.schedule: both stepped once per epoch
+# Schedules whose rate at an epoch depends on num_epochs, with the reason: a run of them
+# cannot be extended to more epochs faithfully (ncl_jax.config.resume_rules).
+LENGTH_DEPENDENT_SCHEDULES = {
+    "cosine": "sets the rate of every epoch from num_epochs (it reaches cosine_min_lr at the "
+    "last epoch)",
+}
 
 
 def warmup_multistep_lr(

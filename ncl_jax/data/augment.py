@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from ncl_jax.data import augment_ops as ops
+from ncl_jax.data.choices import VIEWS
 from ncl_jax.data.normalization import NORMALIZATION
 
 _GRAY_FILL = (128.0, 128.0, 128.0)
@@ -341,7 +342,6 @@ _VIEW_FNS: dict[str, Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]] = {
     "cifar_test": _identity_view,
     "resize_center_crop": _resize_center_crop_view,
 }
-VIEWS: tuple[str, ...] = tuple(_VIEW_FNS)
 
 
 def make_view(

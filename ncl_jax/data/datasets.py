@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ncl_jax.data import file_sources, sources
+from ncl_jax.data.choices import SOURCES
 from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
 from ncl_jax.data.splits import IndexedSplit, StreamedSplit
 from ncl_jax.errors import ConfigError, DataError
@@ -68,15 +69,11 @@ def resolve(cfg: Any) -> ResolvedDataset:
     if cfg.num_classes < 1:
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} must be >= 1.")
     sources.download_mode(cfg.download)  # a bad value fails whatever the source
-    readers = {
-        "tfds": _resolve_tfds,
-        "split_list": _resolve_split_list,
-        "image_folder": _resolve_image_folder,
-    }
+    readers = dict(
+        zip(SOURCES, (_resolve_tfds, _resolve_split_list, _resolve_image_folder), strict=True)
+    )
     if cfg.source not in readers:
-        raise ConfigError(
-            f"dataset.source={cfg.source!r} is unknown; use one of {sorted(readers)}."
-        )
+        raise ConfigError(f"dataset.source={cfg.source!r} is unknown; use one of {SOURCES}.")
     train, evals, counts, names = readers[cfg.source](cfg)
     _check_no_empty_class(counts, f"the training set of {cfg.name!r}")
     info = DatasetInfo(

@@ -27,6 +27,7 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ncl_jax.data.choices import DOWNLOAD_VALUES
 from ncl_jax.data.file_sources import read_split_list
 from ncl_jax.data.splits import IndexedSplit, StreamedSplit
 from ncl_jax.errors import ConfigError, DataError
@@ -61,7 +62,6 @@ NOT_DOWNLOADABLE = {
 # The others are large (Places365 ~31 GB, iNaturalist 2018 ~120 GB) or manual, so they wait for
 # an explicit download=True.
 AUTO_DOWNLOAD = ("cifar10", "cifar100")
-DOWNLOAD_VALUES = ("auto", "true", "false")
 # What a failed fetch raises when the network or the source host is unreachable.
 NETWORK_ERRORS = (
     requests.RequestException,

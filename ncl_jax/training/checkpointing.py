@@ -1,13 +1,16 @@
 """Orbax checkpoints of a run: periodic/final, best-by-ensemble and best-by-single.
 
 Layout under the workdir:
-  config.json              the run's config (checked on resume: a different config is refused)
+  config.json              the run's config (checked on resume: a field that changes the
+                           maths may not differ, ncl_jax.config.resume_rules)
+  result.json              the final metrics, written once every epoch is trained
   checkpoints/<step>/      periodic, end-of-training and SIGTERM checkpoints (newest kept)
   best_ensemble/<step>/    best ensemble top-1 on the evaluation split (official selection)
   best_single/<step>/      best single-expert top-1 on the evaluation split
   set_aside/<kind>/<step>/ checkpoints newer than the step a run resumed from (unreadable,
                            non-finite, or explicitly superseded with --step): moved, never
                            deleted
+  set_aside/result.json    the result of a run before it was extended (--extend_to_epochs)
 Each checkpoint holds two items: `state` (the unreplicated TrainState as host arrays, so it
 restores on any device count) and `meta` (JSON: `step`; `epoch`, the number of whole epochs
 completed at that step, for every kind, so a SIGTERM checkpoint taken mid-epoch e (0-based)
@@ -27,10 +30,12 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from ncl_jax.config.resume_rules import check_extension, resume_differences
 from ncl_jax.config.variants import LEGACY_DEFAULTS
 from ncl_jax.core.metrics import tree_is_finite
 from ncl_jax.errors import CheckpointError, ConfigError, TrainingDiverged
@@ -38,37 +43,25 @@ from ncl_jax.errors import CheckpointError, ConfigError, TrainingDiverged
 KINDS = ("checkpoints", "best_ensemble", "best_single")
 NONFINITE = "NaN, Inf or |x| >= 2^64"
 
-# Fields that may change between a run and its resumption without changing what is trained.
-RESUMABLE_FIELDS = (
-    "log_every_steps",
-    "checkpoint_every_epochs",
-    "eval_every_epochs",
-    "keep_checkpoints",
-    "eval_batch_size",
-    "dataset.data_dir",
-    "dataset.download",
-    "dataset.prefetch",
-    "dataset.num_parallel_calls",
-    "dataset.cache",
-    "dataset.eval_max_examples",
-    "model.expert_strategy",
-    "preset_variant",
-    "eval_aggregation",
-    "eval_tau",
-)
+# Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
+# is unfinished).
+RESULT_FILE = "result.json"
 
 
 def _flatten(tree: dict) -> dict[str, Any]:
     return traverse_util.flatten_dict(tree, sep=".")
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Fields (dotted) whose values differ, ignoring those in RESUMABLE_FIELDS. A field the
-    saved config predates counts as its legacy value (ncl_jax.config.variants.LEGACY_DEFAULTS)."""
+def _flat_saved(saved: dict) -> dict[str, Any]:
+    """A saved config, flat; a field it predates counts as its legacy value
+    (ncl_jax.config.variants.LEGACY_DEFAULTS)."""
+    return {**LEGACY_DEFAULTS, **_flatten(saved)}
 
-    a, b = {**LEGACY_DEFAULTS, **_flatten(saved)}, _flatten(current)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Fields (dotted) whose values differ and that change the maths
+    (ncl_jax.config.resume_rules: all but RUNTIME_FIELDS)."""
+    return resume_differences(_flat_saved(saved), _flatten(current))[0]
 
 
 CHECKPOINT_CHOICES = ("latest", "best_ensemble", "best_single")
@@ -173,26 +166,81 @@ class RunCheckpoints:
             return None
         return json.loads(self.config_path.read_text())
 
-    def check_or_write_config(self, config) -> None:
-        """Refuses a workdir whose checkpoints come from a different config; records the
-        config of a fresh run (a resumed run leaves the recorded one untouched)."""
+    def check_or_write_config(self, config, *, extend: bool = False) -> None:
+        """Records the config of a fresh run. On a workdir with checkpoints, refuses a config
+        that differs in a field that changes the maths (ncl_jax.config.resume_rules) with a
+        CheckpointError naming the fields, and logs the runtime-only fields that differ (the
+        recorded config is left as it was).
+
+        extend: `config.num_epochs` may exceed the recorded one (ncl_jax.main
+        --extend_to_epochs): refused with a ConfigError when the schedule cannot be extended
+        faithfully (`check_extension`); otherwise config.json records the new num_epochs and
+        a result.json of the shorter run is moved to set_aside/."""
         current = config_to_dict(config)
         saved = self.saved_config()
-        if saved is not None and self.latest_step() is not None:
-            diff = config_differences(saved, current)
-            if diff:
-                shown = ", ".join(
-                    f"{k}: {_flatten(saved).get(k)!r} -> {_flatten(current).get(k)!r}"
-                    for k in diff[:4]
-                )
+        if saved is None or self.latest_step() is None:
+            if extend:
                 raise CheckpointError(
-                    f"{self.workdir} holds checkpoints of a different config ({shown}"
-                    f"{', ...' if len(diff) > 4 else ''}); use a new --workdir or the same "
-                    "config."
+                    f"--extend_to_epochs={config.num_epochs}: {self.workdir} has no "
+                    "checkpoints to extend; train it with --config.num_epochs="
+                    f"{config.num_epochs} instead."
                 )
+            if jax.process_index() == 0:
+                write_json_atomically(self.config_path, current)
             return
-        if jax.process_index() == 0:
-            write_json_atomically(self.config_path, current)
+        flat_saved, flat_current = _flat_saved(saved), _flatten(current)
+        extending = extend and flat_saved.get("num_epochs") != config.num_epochs
+        if extending:
+            check_extension(flat_saved, config.num_epochs)
+            flat_saved["num_epochs"] = config.num_epochs
+        refused, accepted = resume_differences(flat_saved, flat_current)
+        if refused:
+            shown = ", ".join(
+                f"{k}: {flat_saved.get(k)!r} -> {flat_current.get(k)!r}" for k in refused[:4]
+            )
+            hint = (
+                " (to train a run for more epochs, pass --extend_to_epochs=N instead: "
+                "docs/training.md#extending-a-run)"
+                if "num_epochs" in refused
+                else ""
+            )
+            raise CheckpointError(
+                f"{self.workdir} holds checkpoints of a different config ({shown}"
+                f"{', ...' if len(refused) > 4 else ''}); use a new --workdir or the same "
+                f"config{hint}."
+            )
+        if accepted:
+            logging.warning(
+                "Resuming with runtime-only changes (config.json keeps the recorded values): %s",
+                ", ".join(
+                    f"{k}: {flat_saved.get(k)!r} -> {flat_current.get(k)!r}" for k in accepted
+                ),
+            )
+        if extending and jax.process_index() == 0:
+            saved["num_epochs"] = config.num_epochs
+            write_json_atomically(self.config_path, saved)
+            moved = self._set_aside_file(RESULT_FILE)
+            logging.warning(
+                "Extending %s to %d epochs%s.",
+                self.workdir,
+                config.num_epochs,
+                f"; the shorter run's {RESULT_FILE} is now {moved}" if moved else "",
+            )
+
+    def _set_aside_file(self, name: str) -> str | None:
+        """Moves WORKDIR/name to WORKDIR/set_aside/name (a free name there); its new path,
+        or None when there was no such file."""
+        source = epath.Path(self.workdir) / name
+        if not source.exists():
+            return None
+        target = epath.Path(self.workdir) / "set_aside" / name
+        suffix = 1
+        while target.exists():
+            target = target.parent / f"{name}.{suffix}"
+            suffix += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(target)
+        return os.fspath(target)
 
     # ------------------------------------------------------------------ steps
     def steps(self, kind: str = "checkpoints") -> list[int]:

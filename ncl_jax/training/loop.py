@@ -33,11 +33,7 @@ from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.evaluation.evaluate import eval_batches, evaluation_counts
 from ncl_jax.evaluation.plots import per_class_image
 from ncl_jax.evaluation.tail_metrics import evaluation_body
-from ncl_jax.training.checkpointing import RunCheckpoints, write_json_atomically
-
-# Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
-# is unfinished).
-RESULT_FILE = "result.json"
+from ncl_jax.training.checkpointing import RESULT_FILE, RunCheckpoints, write_json_atomically
 
 
 class _SigtermFlag:
@@ -65,11 +61,17 @@ def resolve_steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, resume_step: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    resume_step: int | None = None,
+    extend: bool = False,
 ) -> dict:
     """Trains NCL as configured into `workdir` and returns the final metrics.
 
     resume_step: continue from that checkpoint step (any kind) instead of the newest one.
+    extend: the run in `workdir` may have fewer epochs than config.num_epochs (ncl_jax.main
+    --extend_to_epochs; RunCheckpoints.check_or_write_config says what is checked).
     `config` must be resolved (ncl_jax.config.variants.resolve_config, once, by the program);
     config.json records it. Raises ConfigError/DataError/CheckpointError for bad input before
     any compute, and TrainingDiverged when a step produces a non-finite loss or state
@@ -79,7 +81,7 @@ def train_and_evaluate(
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
     checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
-    checkpoints.check_or_write_config(config)
+    checkpoints.check_or_write_config(config, extend=extend)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
     step_cfg = builders.make_step_config(
