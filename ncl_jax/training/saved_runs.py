@@ -19,6 +19,19 @@ from ncl_jax.evaluation.evaluate import eval_batches, run_evaluation
 from ncl_jax.training import host_devices
 from ncl_jax.training.checkpointing import RunCheckpoints
 
+# Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
+# is unfinished).
+RESULT_FILE = "result.json"
+
+
+def read_result(workdir: str) -> dict | None:
+    """WORKDIR/result.json (design.md#contracts), or None before the run finished."""
+    path = os.path.join(workdir, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedRun:

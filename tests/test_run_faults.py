@@ -1,0 +1,144 @@
+"""Faults a long run meets (issue 20): Ctrl-C, a failing evaluation, two runs on one workdir,
+a failed save, a checkpoint whose bytes rot. Fast tests drive the pieces directly; the slow
+ones train the smoke config in this process on the 8 test devices."""
+
+import os
+import pathlib
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ncl_jax.training import loop
+from ncl_jax.training.checkpointing import RunCheckpoints
+from tests.tiny import smoke_config
+
+TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
+needs_cifar = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(TFDS_DIR, "cifar10_jpeg")),
+    reason=f"offline cifar10_jpeg not found under TFDS_DATA_DIR={TFDS_DIR!r}",
+)
+
+
+def _smoke():
+    """3 epochs of 3 steps; the training metrics are read once per epoch."""
+    return smoke_config(**{"num_epochs": 3, "optim.milestones": (2,), "log_every_steps": 100})
+
+
+def _state(workdir, step, kind="checkpoints"):
+    """The state saved at `step`, read without any of RunCheckpoints' checks."""
+    manager = ocp.CheckpointManager(
+        pathlib.Path(workdir, kind).absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_names=("state", "meta"),
+    )
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+    )
+    manager.close()
+    return restored["state"], dict(restored["meta"])
+
+
+def _assert_same(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _count_steps(monkeypatch, before_step=None, action=None):
+    """Counts train-step calls; runs `action` just before the call numbered `before_step`."""
+    real, calls = loop.pmap_train_step, {"n": 0}
+
+    def counting(cfg):
+        step_fn = real(cfg)
+
+        def step(state, batch):
+            if calls["n"] == before_step:
+                action()
+            calls["n"] += 1
+            return step_fn(state, batch)
+
+        return step
+
+    monkeypatch.setattr(loop, "pmap_train_step", counting)
+    return calls
+
+
+# ------------------------------------------------------------------ Ctrl-C
+def test_first_sigint_asks_for_a_stop_and_the_second_exits_at_once(monkeypatch, capsys):
+    exits, aborted = [], []
+
+    def fake_exit(status):
+        exits.append(status)
+
+    monkeypatch.setattr(loop.os, "_exit", fake_exit)
+    before = signal.getsignal(signal.SIGINT)
+    with loop._StopSignals(catch_sigint=True, on_abort=lambda: aborted.append(1)) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == "SIGINT" and exits == []
+        assert "Ctrl-C again to exit at once" in capsys.readouterr().err
+        os.kill(os.getpid(), signal.SIGINT)
+        assert exits == [130] and aborted == [1]
+        assert "exited at once without saving" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigint_is_left_alone_where_hosts_must_agree_on_the_stop():
+    before = signal.getsignal(signal.SIGINT)
+    with loop._StopSignals(catch_sigint=False) as stop:
+        assert signal.getsignal(signal.SIGINT) is before
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == "SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-epoch smoke run: (workdir, result)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, loop.train_and_evaluate(_smoke(), str(workdir))
+
+
+@pytest.mark.slow
+@needs_cifar
+def test_ctrl_c_saves_at_the_next_step_and_the_rerun_ends_identical(
+    reference, tmp_path, monkeypatch
+):
+    calls = _count_steps(monkeypatch, 4, lambda: os.kill(os.getpid(), signal.SIGINT))
+    stopped = loop.train_and_evaluate(_smoke(), str(tmp_path))
+    assert stopped["preempted"] and stopped["stopped_by"] == "SIGINT"
+    assert stopped["step"] == 5 and calls["n"] == 5
+    assert RunCheckpoints(tmp_path, read_only=True).steps() == [3, 5]
+    assert _state(tmp_path, 5)[1]["epoch"] == 1
+    resumed = loop.train_and_evaluate(_smoke(), str(tmp_path))
+    assert calls["n"] == 9 and resumed["step"] == 9
+    _assert_same(_state(reference[0], 9)[0], _state(tmp_path, 9)[0])
+    assert resumed["final"] == reference[1]["final"]
+
+
+# ------------------------------------------------------------------ a failing evaluation
+@pytest.mark.slow
+@needs_cifar
+def test_a_failing_evaluation_loses_no_training(reference, tmp_path, monkeypatch):
+    real = loop.evaluation_counts
+
+    def broken(*args, **kwargs):
+        raise ValueError("EnsureShape: [3000,4000,3] vs [32,32,3]")
+
+    monkeypatch.setattr(loop, "evaluation_counts", broken)
+    calls = _count_steps(monkeypatch)
+    with pytest.raises(ValueError, match="EnsureShape"):
+        loop.train_and_evaluate(_smoke(), str(tmp_path))
+    assert calls["n"] == 3
+    assert _state(tmp_path, 3)[1]["eval_pending"]  # committed before the evaluation began
+
+    monkeypatch.setattr(loop, "evaluation_counts", real)
+    resumed = loop.train_and_evaluate(_smoke(), str(tmp_path))
+    assert calls["n"] == 9  # the epoch was not trained again
+    _assert_same(_state(reference[0], 9)[0], _state(tmp_path, 9)[0])
+    # The pending evaluation ran on resume: the same best epochs and final evaluation.
+    assert resumed["best_evals"] == reference[1]["best_evals"]
+    assert resumed["final"] == reference[1]["final"]
