@@ -38,6 +38,12 @@ def _define_flags() -> None:
         "Resume from this checkpoint step (default: the newest readable, finite one); newer "
         "checkpoints are moved to WORKDIR/set_aside.",
     )
+    flags.DEFINE_bool(
+        "take_over_lock",
+        False,
+        "Take WORKDIR/train.lock even when it names a run on another host that this host "
+        "cannot check; only once you know that run has ended (docs/training.md).",
+    )
     flags.DEFINE_string(
         "coordinator_address",
         None,
@@ -86,12 +92,16 @@ def _cluster_detected() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def train_reporting_oom(config, workdir: str, *, resume_step: int | None = None) -> dict:
+def train_reporting_oom(
+    config, workdir: str, *, resume_step: int | None = None, take_over_lock: bool = False
+) -> dict:
     """train_and_evaluate of a resolved config, with running out of device memory turned
     into one ConfigError that names the batch size that failed and one that fits
     (ncl_jax.perf.memory_fit.out_of_memory_error). Nothing is saved on that path."""
     try:
-        return train_and_evaluate(config, workdir, resume_step=resume_step)
+        return train_and_evaluate(
+            config, workdir, resume_step=resume_step, take_over_lock=take_over_lock
+        )
     except RuntimeError as err:
         phase = out_of_memory_phase(err)
         if phase is None:
@@ -117,7 +127,12 @@ def main(argv) -> None:
             jax.device_count(),
             jax.default_backend(),
         )
-        result = train_reporting_oom(config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step)
+        result = train_reporting_oom(
+            config,
+            flags.FLAGS.workdir,
+            resume_step=flags.FLAGS.step,
+            take_over_lock=flags.FLAGS.take_over_lock,
+        )
         if jax.process_index() == 0:
             print(json.dumps(result))
 

@@ -2,16 +2,22 @@
 a failed save, a checkpoint whose bytes rot. Fast tests drive the pieces directly; the slow
 ones train the smoke config in this process on the 8 test devices."""
 
+import json
+import logging
 import os
 import pathlib
 import signal
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ncl_jax.training import loop
+from ncl_jax.errors import CheckpointError
+from ncl_jax.training import loop, workdir_lock
 from ncl_jax.training.checkpointing import RunCheckpoints
 from tests.tiny import smoke_config
 
@@ -142,3 +148,78 @@ def test_a_failing_evaluation_loses_no_training(reference, tmp_path, monkeypatch
     # The pending evaluation ran on resume: the same best epochs and final evaluation.
     assert resumed["best_evals"] == reference[1]["best_evals"]
     assert resumed["final"] == reference[1]["final"]
+
+
+# ------------------------------------------------------------------ one writer per workdir
+def _write_lock(workdir, **holder):
+    record = {**workdir_lock.this_process(), **holder}
+    (workdir / workdir_lock.LOCK_FILE).write_text(json.dumps(record))
+    return record
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@needs_cifar
+def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path, live_pid):
+    _write_lock(tmp_path, pid=live_pid, process_start=None, started="2026-12-02T10:00:00+00:00")
+    with pytest.raises(CheckpointError) as err:
+        loop.train_and_evaluate(_smoke(), str(tmp_path))
+    message = str(err.value)
+    host = socket.gethostname()
+    assert f"is in use by another training run (host {host}, pid {live_pid}, " in message
+    assert "started 2026-12-02T10:00:00+00:00" in message and f"kill -TERM {live_pid}" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lock.LOCK_FILE]  # untouched
+
+
+def test_the_lock_of_an_ended_run_is_taken_over_with_a_warning(tmp_path, dead_pid, caplog):
+    _write_lock(tmp_path, pid=dead_pid)
+    lock = workdir_lock.WorkdirLock(str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        lock.acquire()
+    assert "Taking over the lock" in caplog.text and "that process has ended" in caplog.text
+    assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+
+
+def test_a_reused_pid_does_not_keep_a_lock(tmp_path, live_pid):
+    """The pid runs, but not the process that wrote the lock (it started at another time)."""
+    _write_lock(tmp_path, pid=live_pid, process_start="1")
+    with workdir_lock.WorkdirLock(str(tmp_path)):
+        assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_from_another_host_is_refused_unless_taken_over(tmp_path):
+    _write_lock(tmp_path, host="node-17", pid=4242)
+    with pytest.raises(
+        CheckpointError,
+        match="on another host \\(host node-17, pid 4242, .*"
+        "last active .*rerun with --take_over_lock",
+    ):
+        workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+    with workdir_lock.WorkdirLock(str(tmp_path), take_over=True):
+        assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_of_two_runs_started_together_one_gets_the_lock(tmp_path):
+    first, second = workdir_lock.WorkdirLock(str(tmp_path)), workdir_lock.WorkdirLock(str(tmp_path))
+    first.acquire()
+    with pytest.raises(CheckpointError, match=f"pid {os.getpid()}"):
+        second.acquire()  # this process is alive: refused
+    second.release()  # a refused lock releases nothing
+    assert (tmp_path / workdir_lock.LOCK_FILE).exists()
+    first.release()
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()

@@ -20,9 +20,11 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from ncl_jax import data
 from ncl_jax.config import builders
@@ -34,6 +36,7 @@ from ncl_jax.evaluation.evaluate import eval_batches, evaluation_counts
 from ncl_jax.evaluation.plots import per_class_image
 from ncl_jax.training.checkpointing import RunCheckpoints, write_json_atomically
 from ncl_jax.training.saved_runs import RESULT_FILE, read_result
+from ncl_jax.training.workdir_lock import WorkdirLock
 
 
 class _StopSignals:
@@ -90,11 +93,17 @@ def resolve_steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, resume_step: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    resume_step: int | None = None,
+    take_over_lock: bool = False,
 ) -> dict:
     """Trains NCL as configured into `workdir` and returns the final metrics.
 
     resume_step: continue from that checkpoint step (any kind) instead of the newest one.
+    take_over_lock: take WORKDIR/train.lock even from a run this host cannot see
+    (workdir_lock); without it a workdir held by another run raises CheckpointError.
     `config` must be resolved (ncl_jax.config.variants.resolve_config, once, by the program);
     config.json records it. Raises ConfigError/DataError/CheckpointError for bad input before
     any compute, and TrainingDiverged when a step produces a non-finite loss or state
@@ -107,15 +116,39 @@ def train_and_evaluate(
     info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
-    checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
+    lock = _lock_workdir(workdir, take_over_lock)
     try:
-        return _train(config, workdir, info, checkpoints, resume_step)
+        checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
+        try:
+            return _train(config, workdir, info, checkpoints, resume_step, lock)
+        finally:
+            # On any failure, saves already started still finish (and become resumable).
+            checkpoints.close()
     finally:
-        # On any failure, saves already started still finish (and become resumable).
-        checkpoints.close()
+        if lock is not None:
+            lock.release()
 
 
-def _train(config, workdir: str, info, checkpoints: RunCheckpoints, resume_step) -> dict:
+def _lock_workdir(workdir: str, take_over: bool) -> WorkdirLock | None:
+    """Process 0 holds WORKDIR/train.lock for the whole run (None elsewhere); every process
+    raises the same CheckpointError when another run holds it."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        lock = WorkdirLock(workdir, take_over=take_over)
+        try:
+            lock.acquire()
+        except CheckpointError as err:
+            error = err
+    if jax.process_count() > 1:
+        refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if refused and error is None:
+            error = CheckpointError(f"{workdir} is in use by another training run (see process 0).")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _train(config, workdir: str, info, checkpoints: RunCheckpoints, resume_step, lock) -> dict:
     checkpoints.check_or_write_config(config)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
@@ -170,6 +203,8 @@ def _train(config, workdir: str, info, checkpoints: RunCheckpoints, resume_step)
                 "eval_pending": eval_pending,
             },
         )
+        if lock is not None:
+            lock.touch()
 
     def flush_train_metrics() -> None:
         nonlocal window_start, window_steps
@@ -234,7 +269,8 @@ def _train(config, workdir: str, info, checkpoints: RunCheckpoints, resume_step)
         evaluate_epoch(int(meta["epoch"]))
 
     catch_sigint = jax.process_count() == 1
-    with _StopSignals(catch_sigint=catch_sigint) as stop:
+    on_abort = lock.release if lock is not None else None
+    with _StopSignals(catch_sigint=catch_sigint, on_abort=on_abort) as stop:
         for epoch in range(step // steps_per_epoch, config.num_epochs):
             start = step - epoch * steps_per_epoch
             epoch_end = (epoch + 1) * steps_per_epoch
