@@ -2,6 +2,7 @@
 a failed save, a checkpoint whose bytes rot. Fast tests drive the pieces directly; the slow
 ones train the smoke config in this process on the 8 test devices."""
 
+import errno
 import json
 import logging
 import os
@@ -16,9 +17,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from ncl_jax import cli
 from ncl_jax.errors import CheckpointError
-from ncl_jax.training import loop, workdir_lock
-from ncl_jax.training.checkpointing import RunCheckpoints
+from ncl_jax.training import checkpointing, loop, workdir_lock
+from ncl_jax.training.checkpointing import CheckpointRemoved, RunCheckpoints
 from tests.tiny import smoke_config
 
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
@@ -223,3 +225,158 @@ def test_of_two_runs_started_together_one_gets_the_lock(tmp_path):
     assert (tmp_path / workdir_lock.LOCK_FILE).exists()
     first.release()
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+
+
+# ------------------------------------------------------------------ reading beside a live run
+def _tiny(step):
+    return {"w": np.full((4,), step, np.float32), "step": np.int32(step)}
+
+
+def _save_tiny(checkpoints, *steps):
+    for step in steps:
+        checkpoints.save("checkpoints", step, _tiny(step), {"epoch": step, "step": step})
+    checkpoints.wait()
+
+
+def test_a_checkpoint_rotated_away_while_read_is_said_so_and_the_newest_read(
+    tmp_path, monkeypatch, caplog
+):
+    trainer = RunCheckpoints(str(tmp_path), keep=2)
+    _save_tiny(trainer, 1, 2)
+    reader = RunCheckpoints(str(tmp_path), read_only=True)
+    manager = reader._managers["checkpoints"]
+    real_restore, calls = manager.restore, []
+
+    def trainer_moves_on(step, *args, **kwargs):
+        if not calls:  # the trainer saves 3 and 4 and rotates 1 and 2 away right now
+            _save_tiny(trainer, 3, 4)
+        calls.append(step)
+        return real_restore(step, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "restore", trainer_moves_on)
+    with caplog.at_level(logging.WARNING):
+        kind, step, state, meta = reader.restore_selected(None, _tiny(0))
+    assert calls == [2, 4] and (kind, step, meta["step"]) == ("checkpoints", 4, 4)
+    np.testing.assert_array_equal(state["w"], np.full((4,), 4, np.float32))
+    assert "checkpoints/2 was removed while it was being read" in caplog.text
+    assert "cannot be read" not in caplog.text
+
+    _save_tiny(trainer, 5)  # rotates 3 away
+    with pytest.raises(
+        CheckpointRemoved, match="checkpoints/3 was removed .* steps now: \\[4, 5\\]"
+    ):
+        reader.restore_selected(3, _tiny(0))  # an explicit step is not replaced
+    reader.close()
+    trainer.close()
+
+
+def test_a_checkpoint_still_being_written_is_not_listed(tmp_path):
+    trainer = RunCheckpoints(str(tmp_path))
+    _save_tiny(trainer, 1)
+    (tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1764670000").mkdir()  # save under way
+    reader = RunCheckpoints(str(tmp_path), read_only=True)
+    assert reader.select(None) == ("checkpoints", 1)
+    reader.close()
+    trainer.close()
+
+
+# ------------------------------------------------------------------ a failed save
+MIB = np.zeros((2**18,), np.float32)  # 1 MiB
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_line_naming_the_path_the_space_and_the_last_good_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    checkpoints = RunCheckpoints(str(tmp_path))
+    checkpoints.save("checkpoints", 1, {"w": MIB}, {"step": 1})
+    checkpoints.wait()
+    monkeypatch.setattr(ocp.CheckpointManager, "save", _no_space)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(lambda: checkpoints.save("checkpoints", 2, {"w": MIB + 2}, {"step": 2}))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(
+        f"error: saving checkpoint {tmp_path}/checkpoints/2 failed: No space left on device "
+        "(errno 28); it needs about 1.0 MiB, "
+    )
+    assert f" MiB are free there; the last good checkpoint is {tmp_path}/checkpoints/1:" in err
+    assert f"Details: {tmp_path}/{checkpointing.TRACEBACK_FILE}" in err
+    assert "OSError: [Errno 28]" in (tmp_path / checkpointing.TRACEBACK_FILE).read_text()
+    monkeypatch.undo()
+    state, meta = checkpoints.restore("checkpoints", 1, {"w": MIB})  # intact
+    assert meta["step"] == 1 and checkpoints.steps() == [1]
+    checkpoints.close()
+
+
+def test_a_failure_of_the_background_write_is_reported_by_the_next_wait(tmp_path, monkeypatch):
+    """TensorStore's form, from Orbax's save thread: a ValueError carrying the errno."""
+    checkpoints = RunCheckpoints(str(tmp_path))
+    checkpoints.save("checkpoints", 1, {"w": MIB}, {"step": 1})
+    message = (
+        'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database: Failed to write 596282 '
+        "bytes to file 11: Disk quota exceeded [os_error_code='122']"
+    )
+
+    def quota(self):
+        raise ValueError(message)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", quota)
+    with pytest.raises(checkpointing.SaveFailed, match="checkpoints/1 failed: Disk quota exceeded"):
+        checkpoints.wait()
+    monkeypatch.undo()
+    checkpoints.close()
+
+
+def test_a_failed_save_that_is_not_about_storage_keeps_its_traceback(tmp_path, monkeypatch):
+    checkpoints = RunCheckpoints(str(tmp_path))
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        checkpoints.save("checkpoints", 1, {"w": MIB}, {"step": 1})
+    assert not (tmp_path / checkpointing.TRACEBACK_FILE).exists()
+    monkeypatch.undo()
+    checkpoints.close()
+
+
+def test_orbax_error_logs_of_a_reported_storage_failure_are_dropped():
+    quiet = checkpointing._StorageErrorsReported()
+
+    def record(message, pathname="/site-packages/orbax/checkpoint/_src/x.py"):
+        return logging.LogRecord("absl", logging.ERROR, pathname, 1, message, None, None)
+
+    assert not quiet.filter(record("... No space left on device [os_error_code='28']"))
+    assert quiet.filter(record("RESOURCE_EXHAUSTED: something else"))
+    assert quiet.filter(record("[os_error_code='28']", pathname="/ncl_jax/training/loop.py"))
+
+
+@pytest.mark.slow
+@needs_cifar
+def test_a_save_failing_mid_run_leaves_a_workdir_that_resumes_exactly(
+    reference, tmp_path, monkeypatch, capsys
+):
+    real_save = ocp.CheckpointManager.save
+
+    def full_at_step_6(self, step, *args, **kwargs):
+        if step == 6:
+            _no_space()
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_step_6)
+    with pytest.raises(SystemExit):
+        cli.run_cli(lambda: loop.train_and_evaluate(_smoke(), str(tmp_path)))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: saving checkpoint {tmp_path}/checkpoints/6 failed"), line
+    assert f"the last good checkpoint is {tmp_path}/checkpoints/3:" in line
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()  # released
+    monkeypatch.undo()
+    resumed = loop.train_and_evaluate(_smoke(), str(tmp_path))
+    _assert_same(_state(reference[0], 9)[0], _state(tmp_path, 9)[0])
+    assert resumed["final"] == reference[1]["final"]

@@ -318,12 +318,12 @@ def export_workdir(
     try:
         if which is None:  # deploy the expert selected as best, where the run saved it
             which = "best_single" if checkpoints.steps("best_single") else "latest"
-        kind, step = checkpoints.select(which)
+        checkpoints.select(which)  # a missing checkpoint fails before anything is built
         step_cfg = builders.make_step_config(
             config, class_counts=np.ones(num_classes, np.float32), steps_per_epoch=1
         )
         target = builders.abstract_state(config, step_cfg)
-        state, meta = checkpoints.restore(kind, step, target)
+        kind, step, state, meta = checkpoints.restore_selected(which, target)
     finally:
         checkpoints.close()
     where = f"{workdir}/{kind}/{step}"

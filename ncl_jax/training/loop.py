@@ -12,6 +12,7 @@ that state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -120,10 +121,15 @@ def train_and_evaluate(
     try:
         checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
         try:
-            return _train(config, workdir, info, checkpoints, resume_step, lock)
-        finally:
-            # On any failure, saves already started still finish (and become resumable).
-            checkpoints.close()
+            result = _train(config, workdir, info, checkpoints, resume_step, lock)
+        except BaseException:
+            # Saves already started still finish (and become resumable); a failure of theirs
+            # is secondary to the one being raised.
+            with contextlib.suppress(Exception):
+                checkpoints.close()
+            raise
+        checkpoints.close()
+        return result
     finally:
         if lock is not None:
             lock.release()

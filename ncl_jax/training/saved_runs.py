@@ -73,15 +73,17 @@ def load_run(workdir: str, config, checkpoint: str | int | None = None) -> Loade
     """Restores one checkpoint of `workdir` (RunCheckpoints.select: None or "latest",
     "best_ensemble", "best_single", or a step) for the resolved `config` (read_run_config).
     Raises CheckpointError naming what exists when the checkpoint is missing, and what
-    differs when it does not match the config."""
+    differs when it does not match the config. Beside a running training, the newest finished
+    checkpoint is read (one rotated away meanwhile is replaced by the next newest)."""
     checkpoints = RunCheckpoints(workdir, read_only=True)
     try:
-        kind, step = checkpoints.select(checkpoint)
+        checkpoints.select(checkpoint)  # a missing checkpoint fails before the dataset opens
         info = data.get_dataset_info(config.dataset)
         step_cfg = builders.make_step_config(
             config, class_counts=info.class_counts, steps_per_epoch=1
         )
-        state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
+        target = builders.abstract_state(config, step_cfg)
+        kind, step, state, meta = checkpoints.restore_selected(checkpoint, target)
     finally:
         checkpoints.close()
     return LoadedRun(workdir, config, info, step_cfg, state, kind, step, meta)
