@@ -46,6 +46,12 @@ def _define_flags() -> None:
         "Train the run in --workdir on to this many epochs (sets num_epochs); refused when its "
         "schedule depends on num_epochs (cosine). See docs/training.md#extending-a-run.",
     )
+    flags.DEFINE_bool(
+        "take_over_lock",
+        False,
+        "Take WORKDIR/train.lock even when it names a run on another host that this host "
+        "cannot check; only once you know that run has ended (docs/training.md).",
+    )
     flags.DEFINE_string(
         "coordinator_address",
         None,
@@ -95,13 +101,24 @@ def _cluster_detected() -> bool:
 
 
 def train_reporting_oom(
-    config, workdir: str, *, resume_step: int | None = None, extend: bool = False
+    config,
+    workdir: str,
+    *,
+    resume_step: int | None = None,
+    extend: bool = False,
+    take_over_lock: bool = False,
 ) -> dict:
     """train_and_evaluate of a resolved config, with running out of device memory turned
     into one ConfigError that names the batch size that failed and one that fits
     (ncl_jax.perf.memory_fit.out_of_memory_error). Nothing is saved on that path."""
     try:
-        return train_and_evaluate(config, workdir, resume_step=resume_step, extend=extend)
+        return train_and_evaluate(
+            config,
+            workdir,
+            resume_step=resume_step,
+            extend=extend,
+            take_over_lock=take_over_lock,
+        )
     except RuntimeError as err:
         phase = out_of_memory_phase(err)
         if phase is None:
@@ -132,7 +149,11 @@ def main(argv) -> None:
             jax.default_backend(),
         )
         result = train_reporting_oom(
-            config, flags.FLAGS.workdir, resume_step=flags.FLAGS.step, extend=extend_to is not None
+            config,
+            flags.FLAGS.workdir,
+            resume_step=flags.FLAGS.step,
+            extend=extend_to is not None,
+            take_over_lock=flags.FLAGS.take_over_lock,
         )
         if jax.process_index() == 0:
             print(json.dumps(result))

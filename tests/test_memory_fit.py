@@ -89,7 +89,7 @@ def test_training_oom_becomes_one_error_naming_a_batch_that_fits(monkeypatch, tm
     monkeypatch.setattr(memory_fit, "device_bytes_limit", lambda: 80 * gib)
     monkeypatch.setattr(memory_fit, "step_memory_bytes", lambda config: config.batch_size * gib)
 
-    def out_of_memory(config, workdir, *, resume_step=None):
+    def out_of_memory(config, workdir, **kwargs):
         raise jax.errors.JaxRuntimeError(OOM)
 
     monkeypatch.setattr(main, "train_and_evaluate", out_of_memory)

@@ -42,7 +42,7 @@ from ncl_jax.config import builders
 from ncl_jax.data.normalization import NORMALIZATION
 from ncl_jax.errors import ConfigError
 from ncl_jax.training.checkpointing import RunCheckpoints, parse_checkpoint
-from ncl_jax.training.saved_runs import read_run_config
+from ncl_jax.training.saved_runs import read_result, read_run_config
 
 ARTEFACT = "model.jaxexport"
 METADATA = "model.json"
@@ -110,20 +110,29 @@ def check_out_dir(out: str) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def recorded_evaluation(meta: dict, step: int, num_epochs: int) -> dict | None:
-    """The evaluation of exactly this checkpoint's weights found in its metadata, or None.
+def recorded_evaluation(
+    meta: dict, step: int, num_epochs: int, result: dict | None = None
+) -> dict | None:
+    """The evaluation of exactly this checkpoint's weights found in its metadata or in the
+    run's result.json (`result`), or None.
 
     `best_evals` entries carry their step, so one at `step` describes these weights. The
-    training loop evaluates right before every save at the end of the last epoch, so
-    `last_eval` describes them when meta["epoch"] == num_epochs; other periodic and SIGTERM
-    checkpoints may postdate their `last_eval`, which is then not used."""
+    training loop saves each epoch's checkpoint before evaluating it (meta `eval_pending`), so
+    the final checkpoint's evaluation is result.json's `final` (same step); checkpoints of
+    older runs evaluated first, so their `last_eval` describes them when meta["epoch"] ==
+    num_epochs. Other periodic and SIGTERM checkpoints may postdate their `last_eval`, which
+    is then not used."""
     for which in ("single", "ensemble"):
         body = (meta.get("best_evals") or {}).get(which)
         if body and body.get("step") == step and body.get("experts"):
             return dict(body)
+    final = (result or {}).get("final")
+    if final and final.get("experts") and result.get("step") == step:
+        return {**final, "epoch": num_epochs, "step": step}
     last = meta.get("last_eval")
     if last and last.get("experts") and meta.get("epoch") == num_epochs:
-        return {**last, "epoch": num_epochs, "step": step}
+        if not meta.get("eval_pending"):
+            return {**last, "epoch": num_epochs, "step": step}
     return None
 
 
@@ -309,16 +318,18 @@ def export_workdir(
     try:
         if which is None:  # deploy the expert selected as best, where the run saved it
             which = "best_single" if checkpoints.steps("best_single") else "latest"
-        kind, step = checkpoints.select(which)
+        checkpoints.select(which)  # a missing checkpoint fails before anything is built
         step_cfg = builders.make_step_config(
             config, class_counts=np.ones(num_classes, np.float32), steps_per_epoch=1
         )
         target = builders.abstract_state(config, step_cfg)
-        state, meta = checkpoints.restore(kind, step, target)
+        kind, step, state, meta = checkpoints.restore_selected(which, target)
     finally:
         checkpoints.close()
     where = f"{workdir}/{kind}/{step}"
-    evaluation = recorded_evaluation(meta, step, int(config.num_epochs))
+    evaluation = recorded_evaluation(
+        meta, step, int(config.num_epochs), read_result(workdir) if kind == "checkpoints" else None
+    )
     index = choose_expert(requested, evaluation, num_experts, where)
     names, names_source = (
         (list(map(str, class_names)), "given")

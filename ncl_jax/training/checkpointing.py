@@ -23,8 +23,15 @@ return one, so a damaged or pre-guard checkpoint cannot be resumed or evaluated 
 
 from __future__ import annotations
 
+import errno
 import json
+import logging as logging_lib
 import os
+import re
+import shutil
+import tempfile
+import time
+import traceback
 from typing import Any
 
 import jax
@@ -41,6 +48,63 @@ from ncl_jax.core.metrics import tree_is_finite
 from ncl_jax.errors import CheckpointError, ConfigError, TrainingDiverged
 
 KINDS = ("checkpoints", "best_ensemble", "best_single")
+
+
+# errno values of a save that failed for lack of space or rights, not for a bug.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
+)
+# TensorStore reports them inside a ValueError: "... [os_error_code='28']".
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+TRACEBACK_FILE = "error_traceback.txt"
+
+
+class SaveFailed(CheckpointError):
+    """A checkpoint could not be written (no space, no permission, quota); the newest
+    committed checkpoint is intact and a rerun resumes from it."""
+
+
+def storage_errno(err: BaseException) -> int | None:
+    """The errno of a failed write somewhere in `err`'s chain (an OSError, or TensorStore's
+    `os_error_code` inside Orbax's ValueError) when it is one of STORAGE_ERRNOS, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            return err.errno
+        match = _OS_ERROR_CODE.search(str(err))
+        if match and int(match[1]) in STORAGE_ERRNOS:
+            return int(match[1])
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class _StorageErrorsReported(logging_lib.Filter):
+    """Drops Orbax's ERROR records (each with a traceback, several per failed save, from its
+    background threads) about a failed write with a STORAGE_ERRNOS code: RunCheckpoints
+    reports that failure as one SaveFailed line, with the traceback in a file."""
+
+    def filter(self, record: logging_lib.LogRecord) -> bool:
+        if record.levelno < logging_lib.ERROR or "/orbax/" not in record.pathname:
+            return True
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            return storage_errno(record.exc_info[1]) is None
+        match = _OS_ERROR_CODE.search(text)
+        return not (match and int(match[1]) in STORAGE_ERRNOS)
+
+
+def _quiet_orbax_storage_errors() -> None:
+    absl_logger = logging_lib.getLogger("absl")
+    if not any(isinstance(f, _StorageErrorsReported) for f in absl_logger.filters):
+        absl_logger.addFilter(_StorageErrorsReported())
+
+
+class CheckpointRemoved(CheckpointError):
+    """The checkpoint was deleted while it was being read: a training run writing the workdir
+    rotated it away (keep_checkpoints, or the single best_* kept). Nothing is damaged."""
+
+
 NONFINITE = "NaN, Inf or |x| >= 2^64"
 
 # Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
@@ -122,6 +186,25 @@ def config_to_dict(config) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+def _megabytes(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _write_traceback(workdir: str, err: BaseException) -> str:
+    """Writes err's traceback to WORKDIR/error_traceback.txt, or (when the workdir cannot
+    take it, as on a full disk) to the temporary directory; returns the path written."""
+    text = "".join(traceback.format_exception(err))
+    for folder in (workdir, tempfile.gettempdir()):
+        name = TRACEBACK_FILE if folder == workdir else f"ncl_jax_{os.getpid()}_{TRACEBACK_FILE}"
+        path = os.path.join(folder, name)
+        try:
+            epath.Path(path).write_text(text)
+            return path
+        except OSError:
+            continue
+    return "the traceback could not be written anywhere"
+
+
 class RunCheckpoints:
     """The three checkpoint managers of one workdir; read_only for evaluation."""
 
@@ -130,6 +213,9 @@ class RunCheckpoints:
         self.read_only = read_only
         self._keep = keep
         self._managers: dict[str, ocp.CheckpointManager] = {}
+        self._pending: list[tuple[str, int, int]] = []  # (kind, step, bytes) being written
+        if not read_only:
+            _quiet_orbax_storage_errors()
         self._open()
 
     def _open(self) -> None:
@@ -297,7 +383,9 @@ class RunCheckpoints:
         """Saves host copies of `state` (unreplicated) and `meta`; all processes call it.
 
         A step that already exists is left as it is: a resumed run that replays the same
-        steps produces the same state, and an existing checkpoint is never overwritten."""
+        steps produces the same state, and an existing checkpoint is never overwritten.
+        The write finishes in the background; a write that fails for lack of space or
+        rights raises SaveFailed here or from the next `wait`/`close`."""
         if step in self.steps(kind):
             return
         host_state = jax.tree.map(np.asarray, jax.device_get(state))
@@ -306,13 +394,18 @@ class RunCheckpoints:
                 f"refused to save a state with non-finite values ({NONFINITE}) at step {step} "
                 f"({kind}). {self.newest_finite_hint()}"
             )
-        self._managers[kind].save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
+        self._pending.append((kind, step, nbytes))
+        try:
+            self._managers[kind].save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+        except Exception as err:
+            self._raise_save_failed(err)
 
     def restore(self, kind: str, step: int, target: Any) -> tuple[Any, dict]:
         """Restores into the structure of `target` (host arrays). Raises CheckpointError for a
@@ -334,6 +427,12 @@ class RunCheckpoints:
                 ),
             )
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            if self._removed(kind, step):
+                raise CheckpointRemoved(
+                    f"checkpoint {where} was removed while it was being read: a training run "
+                    "writing this workdir keeps only its newest checkpoints (keep_checkpoints); "
+                    f"nothing is damaged; steps now: {self._fresh_steps() or 'none'}."
+                ) from err
             first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise CheckpointError(
                 f"checkpoint {where} cannot be read ({type(err).__name__}: {first_line}); {hint}"
@@ -350,6 +449,43 @@ class RunCheckpoints:
                 f"checkpoint {where} holds non-finite values (NaN, Inf or |x| >= 2^64); {hint}"
             )
         return restored["state"], dict(restored["meta"])
+
+    def restore_selected(self, which: str | int | None, target: Any) -> tuple[str, int, Any, dict]:
+        """(kind, step, state, meta) of `select(which)`, restored. When a running training
+        rotates that checkpoint away while it is read, the newest one of the same choice is
+        read instead, with a warning; an explicit step raises CheckpointRemoved."""
+        for _ in range(5):
+            kind, step = self.select(which)
+            try:
+                return (kind, step, *self.restore(kind, step, target))
+            except CheckpointRemoved as err:
+                if isinstance(which, int):
+                    raise
+                logging.warning("%s Reading the newest one instead.", err)
+                self.reload()
+        raise CheckpointError(
+            f"the checkpoints of {self.workdir} kept being replaced while they were read; "
+            "evaluate once training has finished or pass a best_* choice."
+        )
+
+    def _removed(self, kind: str, step: int) -> bool:
+        """True when <kind>/<step> no longer exists (after a moment, for a deletion under
+        way), as after Orbax's rotation; False for a checkpoint still there (damaged)."""
+        path = epath.Path(self.workdir) / kind / str(step)
+        for _ in range(3):
+            if not path.exists():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _fresh_steps(self) -> list[int]:
+        self.reload()
+        return self.all_steps()
+
+    def reload(self) -> None:
+        """Lists the steps on disk again (another process may have saved or rotated some)."""
+        for manager in self._managers.values():
+            manager.reload()
 
     def newest_finite_hint(self) -> str:
         """Names the newest periodic checkpoint (all saved ones are finite) for messages."""
@@ -383,9 +519,46 @@ class RunCheckpoints:
         return moved
 
     def wait(self) -> None:
-        for manager in self._managers.values():
-            manager.wait_until_finished()
+        """Blocks until every save has been committed; SaveFailed if one could not be."""
+        try:
+            for manager in self._managers.values():
+                manager.wait_until_finished()
+        except Exception as err:
+            self._raise_save_failed(err)
+        self._pending.clear()
 
     def close(self) -> None:
-        for manager in self._managers.values():
-            manager.close()
+        try:
+            for manager in self._managers.values():
+                manager.close()
+        except Exception as err:
+            self._raise_save_failed(err)
+
+    def _raise_save_failed(self, err: Exception) -> None:
+        """Raises SaveFailed naming the checkpoint, the space it needs and has, and the
+        newest good checkpoint, with the traceback written to a file; re-raises `err` when it
+        is not a storage failure (a bug keeps its traceback)."""
+        code = storage_errno(err)
+        if code is None:
+            raise err
+        self.reload()
+        unfinished = [p for p in self._pending if p[1] not in self.steps(p[0])]
+        kind, step, nbytes = (unfinished or self._pending or [("checkpoints", "?", 0)])[0]
+        self._pending.clear()
+        where = f"{self.workdir}/{kind}/{step}"
+        space = ""
+        if "://" not in self.workdir:
+            free = shutil.disk_usage(self.workdir).free
+            space = f"; it needs about {_megabytes(nbytes)}, {_megabytes(free)} are free there"
+        good = self.latest_step()
+        last_good = (
+            f"the last good checkpoint is {self.workdir}/checkpoints/{good}: free space (or fix "
+            "the permissions) and rerun the same command to resume from it"
+            if good is not None
+            else "no checkpoint was written yet: free space and rerun the same command"
+        )
+        details = _write_traceback(self.workdir, err)
+        raise SaveFailed(
+            f"saving checkpoint {where} failed: {os.strerror(code)} (errno {code}){space}; "
+            f"{last_good}. Details: {details}"
+        ) from err

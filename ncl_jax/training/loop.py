@@ -12,16 +12,20 @@ that state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
+import sys
 import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from ncl_jax import data
 from ncl_jax.config import builders
@@ -34,25 +38,56 @@ from ncl_jax.evaluation.evaluate import eval_batches, evaluation_counts
 from ncl_jax.evaluation.plots import per_class_image
 from ncl_jax.evaluation.tail_metrics import evaluation_body
 from ncl_jax.training.checkpointing import RESULT_FILE, RunCheckpoints, write_json_atomically
+from ncl_jax.training.saved_runs import read_result
+from ncl_jax.training.workdir_lock import WorkdirLock
 
 
-class _SigtermFlag:
-    """Records SIGTERM (preemption) so the loop can checkpoint at the next step boundary."""
+class _StopSignals:
+    """SIGTERM (preemption) and, in a single-process run, SIGINT (Ctrl-C) ask the loop to save
+    a checkpoint at the next step boundary and stop. A second SIGINT exits at once (status
+    130) without saving: the newest checkpoint on disk stays the resume point.
 
-    def __init__(self):
-        self.received = False
-        self._previous = None
+    Multi-process runs keep Python's default SIGINT: their hosts agree on the stopping step
+    through Orbax's preemption sync, which only SIGTERM reaches."""
+
+    def __init__(self, *, catch_sigint: bool, on_abort=None):
+        self.received: str | None = None  # "SIGTERM" or "SIGINT"
+        self._catch_sigint = catch_sigint
+        self._on_abort = on_abort or (lambda: None)
+        self._previous: dict = {}
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle_sigterm)
+        if self._catch_sigint:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle_sigint)
         return self
 
-    def _handle(self, signum, frame):
+    def _handle_sigterm(self, signum, frame):
         del signum, frame
-        self.received = True
+        self.received = self.received or "SIGTERM"
+
+    def _handle_sigint(self, signum, frame):
+        del signum, frame
+        if self.received == "SIGINT":
+            print(
+                "\nCtrl-C again: exited at once without saving; rerun the same command to resume "
+                "from the newest checkpoint.",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._on_abort()
+            os._exit(130)
+        self.received = "SIGINT"
+        print(
+            "\nCtrl-C: saving a checkpoint at the next step boundary, then stopping (press "
+            "Ctrl-C again to exit at once without saving).",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def resolve_steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
@@ -66,21 +101,67 @@ def train_and_evaluate(
     *,
     resume_step: int | None = None,
     extend: bool = False,
+    take_over_lock: bool = False,
 ) -> dict:
     """Trains NCL as configured into `workdir` and returns the final metrics.
 
     resume_step: continue from that checkpoint step (any kind) instead of the newest one.
     extend: the run in `workdir` may have fewer epochs than config.num_epochs (ncl_jax.main
     --extend_to_epochs; RunCheckpoints.check_or_write_config says what is checked).
+    take_over_lock: take WORKDIR/train.lock even from a run this host cannot see
+    (workdir_lock); without it a workdir held by another run raises CheckpointError.
     `config` must be resolved (ncl_jax.config.variants.resolve_config, once, by the program);
     config.json records it. Raises ConfigError/DataError/CheckpointError for bad input before
     any compute, and TrainingDiverged when a step produces a non-finite loss or state
-    (metrics.all_finite)."""
+    (metrics.all_finite).
+
+    Each epoch's checkpoint is committed to disk before that epoch's evaluation starts (its
+    meta says `eval_pending`), so a failing evaluation loses no training: the rerun resumes
+    after the epoch and runs the pending evaluation first."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
-    checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
+    lock = _lock_workdir(workdir, take_over_lock)
+    try:
+        checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
+        try:
+            result = _train(config, workdir, info, checkpoints, resume_step, lock, extend)
+        except BaseException:
+            # Saves already started still finish (and become resumable); a failure of theirs
+            # is secondary to the one being raised.
+            with contextlib.suppress(Exception):
+                checkpoints.close()
+            raise
+        checkpoints.close()
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_workdir(workdir: str, take_over: bool) -> WorkdirLock | None:
+    """Process 0 holds WORKDIR/train.lock for the whole run (None elsewhere); every process
+    raises the same CheckpointError when another run holds it."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        lock = WorkdirLock(workdir, take_over=take_over)
+        try:
+            lock.acquire()
+        except CheckpointError as err:
+            error = err
+    if jax.process_count() > 1:
+        refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if refused and error is None:
+            error = CheckpointError(f"{workdir} is in use by another training run (see process 0).")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _train(
+    config, workdir: str, info, checkpoints: RunCheckpoints, resume_step, lock, extend: bool
+) -> dict:
     checkpoints.check_or_write_config(config, extend=extend)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
@@ -121,7 +202,7 @@ def train_and_evaluate(
     best_evals: dict = meta.get("best_evals", {})  # the whole evaluation at each best epoch
     sums, window_start, window_steps = MetricSums(), time.perf_counter(), 0
 
-    def save(kind: str, epoch: int) -> None:
+    def save(kind: str, epoch: int, *, eval_pending: bool = False) -> None:
         checkpoints.save(
             kind,
             step,
@@ -132,8 +213,13 @@ def train_and_evaluate(
                 "best": best,
                 "last_eval": last_eval,
                 "best_evals": best_evals,
+                # True: saved at the end of an epoch before its evaluation, which a run
+                # resumed from here runs first.
+                "eval_pending": eval_pending,
             },
         )
+        if lock is not None:
+            lock.touch()
 
     def flush_train_metrics() -> None:
         nonlocal window_start, window_steps
@@ -150,9 +236,59 @@ def train_and_evaluate(
             writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
         window_start, window_steps = time.perf_counter(), 0
 
-    with _SigtermFlag() as sigterm:
+    def evaluate_epoch(epochs_done: int) -> None:
+        """The end-of-epoch evaluation, then the best checkpoints it selects."""
+        nonlocal last_eval
+        eval_totals = evaluation_counts(p_eval, replicated, eval_batches(config))
+        correct, totals = eval_totals["correct"], eval_totals["totals"]
+        last_eval = evaluation_body(
+            eval_totals,
+            group_masks,
+            taus=step_cfg.eval.taus,
+            aggregation=step_cfg.eval.aggregation,
+        )
+        writer.write_scalars(step, eval_scalars(last_eval))
+        if jax.process_index() == 0:
+            writer.write_images(
+                step,
+                {"eval/per_class_top1": per_class_image(correct[0], totals, info, config)},
+            )
+        at = {"epoch": epochs_done, "step": step, **last_eval}
+        if last_eval["ensemble"]["top1"] > best["ensemble"]:
+            best["ensemble"] = last_eval["ensemble"]["top1"]
+            best_evals["ensemble"] = at
+            save("best_ensemble", epochs_done)
+        if last_eval["best_single"]["top1"] > best["single"]:
+            best["single"] = last_eval["best_single"]["top1"]
+            best_evals["single"] = at
+            save("best_single", epochs_done)
+
+    def stopped(signal_name: str) -> dict:
+        checkpoints.wait()
+        logging.warning(
+            "%s: saved step %d in %s/checkpoints; rerun the same command to resume.",
+            signal_name,
+            step,
+            workdir,
+        )
+        return {"step": step, "preempted": True, "stopped_by": signal_name, "best": best}
+
+    finished = _finished_result(workdir, step) if meta.get("eval_pending") else None
+    if finished is not None:  # a finished run rerun: its evaluation is in result.json
+        best, last_eval = finished["best"], finished["final"]
+        best_evals = finished.get("best_evals", {})
+    elif meta.get("eval_pending"):
+        logging.info(
+            "Running the evaluation of epoch %d, pending in its checkpoint.", meta["epoch"]
+        )
+        evaluate_epoch(int(meta["epoch"]))
+
+    catch_sigint = jax.process_count() == 1
+    on_abort = lock.release if lock is not None else None
+    with _StopSignals(catch_sigint=catch_sigint, on_abort=on_abort) as stop:
         for epoch in range(step // steps_per_epoch, config.num_epochs):
             start = step - epoch * steps_per_epoch
+            epoch_end = (epoch + 1) * steps_per_epoch
             batches = data.train_iterator(
                 config.dataset,
                 global_batch_size=config.batch_size,
@@ -171,47 +307,32 @@ def train_and_evaluate(
                 progress(step)
                 if step % config.log_every_steps == 0:
                     flush_train_metrics()
-                if _preempted(sigterm, checkpoints, step):
+                # At the epoch's last step the epoch's own checkpoint below is the stop.
+                if step < epoch_end and _preempted(stop, checkpoints, step):
                     flush_train_metrics()
                     save("checkpoints", epoch)
-                    checkpoints.wait()
-                    logging.warning(
-                        "SIGTERM: saved step %d; rerun the same command to resume.", step
-                    )
-                    return {"step": step, "preempted": True, "best": best}
+                    return stopped(stop.received or "SIGTERM")
             flush_train_metrics()
             epochs_done = epoch + 1
-            if epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs:
-                eval_totals = evaluation_counts(p_eval, replicated, eval_batches(config))
-                correct, totals = eval_totals["correct"], eval_totals["totals"]
-                last_eval = evaluation_body(
-                    eval_totals,
-                    group_masks,
-                    taus=step_cfg.eval.taus,
-                    aggregation=step_cfg.eval.aggregation,
-                )
-                writer.write_scalars(step, eval_scalars(last_eval))
-                if jax.process_index() == 0:
-                    writer.write_images(
-                        step,
-                        {"eval/per_class_top1": per_class_image(correct[0], totals, info, config)},
-                    )
-                at = {"epoch": epochs_done, "step": step, **last_eval}
-                if last_eval["ensemble"]["top1"] > best["ensemble"]:
-                    best["ensemble"] = last_eval["ensemble"]["top1"]
-                    best_evals["ensemble"] = at
-                    save("best_ensemble", epochs_done)
-                if last_eval["best_single"]["top1"] > best["single"]:
-                    best["single"] = last_eval["best_single"]["top1"]
-                    best_evals["single"] = at
-                    save("best_single", epochs_done)
+            eval_due = (
+                epochs_done % config.eval_every_epochs == 0 or epochs_done == config.num_epochs
+            )
+            stopping = _preempted(stop, checkpoints, step)
             if (
                 epochs_done % config.checkpoint_every_epochs == 0
                 or epochs_done == config.num_epochs
+                or stopping
             ):
-                save("checkpoints", epochs_done)
+                # Committed before the evaluation, so nothing it raises loses the epoch.
+                save("checkpoints", epochs_done, eval_pending=eval_due)
+                checkpoints.wait()
+            if stopping:
+                return stopped(stop.received or "SIGTERM")
+            if eval_due:
+                evaluate_epoch(epochs_done)
+                if catch_sigint and stop.received:  # a signal during the evaluation
+                    return stopped(stop.received)
     checkpoints.wait()
-    checkpoints.close()
     writer.flush()
     result = {
         "step": step,
@@ -234,10 +355,16 @@ def train_and_evaluate(
     return result
 
 
-def _preempted(sigterm: _SigtermFlag, checkpoints: RunCheckpoints, step: int) -> bool:
+def _preempted(stop: _StopSignals, checkpoints: RunCheckpoints, step: int) -> bool:
     if jax.process_count() == 1:
-        return sigterm.received
+        return stop.received is not None
     return checkpoints.reached_preemption(step)  # all hosts agree on the same step
+
+
+def _finished_result(workdir: str, step: int) -> dict | None:
+    """result.json of a run that finished at `step` (rerun after it ended), else None."""
+    result = read_result(workdir)
+    return result if result and result.get("step") == step else None
 
 
 def _restore_for_resume(checkpoints: RunCheckpoints, target, resume_step: int | None):

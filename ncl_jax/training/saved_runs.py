@@ -18,7 +18,16 @@ from ncl_jax.errors import CheckpointError
 from ncl_jax.evaluation import test_distributions as test_distributions_module
 from ncl_jax.evaluation.evaluate import eval_batches, run_evaluation
 from ncl_jax.training import host_devices
-from ncl_jax.training.checkpointing import RunCheckpoints
+from ncl_jax.training.checkpointing import RESULT_FILE, RunCheckpoints
+
+
+def read_result(workdir: str) -> dict | None:
+    """WORKDIR/result.json (design.md#contracts), or None before the run finished."""
+    path = os.path.join(workdir, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -61,15 +70,17 @@ def load_run(workdir: str, config, checkpoint: str | int | None = None) -> Loade
     """Restores one checkpoint of `workdir` (RunCheckpoints.select: None or "latest",
     "best_ensemble", "best_single", or a step) for the resolved `config` (read_run_config).
     Raises CheckpointError naming what exists when the checkpoint is missing, and what
-    differs when it does not match the config."""
+    differs when it does not match the config. Beside a running training, the newest finished
+    checkpoint is read (one rotated away meanwhile is replaced by the next newest)."""
     checkpoints = RunCheckpoints(workdir, read_only=True)
     try:
-        kind, step = checkpoints.select(checkpoint)
+        checkpoints.select(checkpoint)  # a missing checkpoint fails before the dataset opens
         info = data.get_dataset_info(config.dataset)
         step_cfg = builders.make_step_config(
             config, class_counts=info.class_counts, steps_per_epoch=1
         )
-        state, meta = checkpoints.restore(kind, step, builders.abstract_state(config, step_cfg))
+        target = builders.abstract_state(config, step_cfg)
+        kind, step, state, meta = checkpoints.restore_selected(checkpoint, target)
     finally:
         checkpoints.close()
     return LoadedRun(workdir, config, info, step_cfg, state, kind, step, meta)
