@@ -78,6 +78,8 @@ def train_and_evaluate(
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
     checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
     checkpoints.check_or_write_config(config)
+    if jax.process_index() == 0:  # under dataset.on_bad_file=skip: the files left out
+        data.write_skipped_files(config.dataset, workdir)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
     step_cfg = builders.make_step_config(
