@@ -149,30 +149,55 @@ def test_an_image_of_the_wrong_size_for_the_eval_view_is_refused_before_training
     assert data.get_dataset_info(folder).num_eval == 5
 
 
+def smoke_on_folder(root, **overrides):
+    """The smoke config (10 classes, 32x32 views) over an image folder at `root`: 2 training
+    and 1 evaluation PNG per class."""
+    size = 32
+    for split, per_class in (("train", 2), ("test", 1)):
+        for c in range(10):
+            os.makedirs(root / split / f"c{c}")
+            for i in range(per_class):
+                (root / split / f"c{c}" / f"{i}.png").write_bytes(encode(id_image(i, size)))
+    fields = {
+        "dataset.source": "image_folder",
+        "dataset.image_root": str(root),
+        "dataset.imbalance_factor": 0.0,
+        "dataset.cache": False,
+    }
+    return smoke_config(**{**fields, **overrides})
+
+
 def test_training_stops_at_a_bad_file_before_any_compute_and_writes_nothing(tmp_path, capsys):
     from ncl_jax.training.loop import train_and_evaluate
 
-    size = 32  # the smoke config's image size and CIFAR test view
-    for split, per_class in (("train", 2), ("test", 1)):
-        for c in range(10):
-            os.makedirs(tmp_path / "data" / split / f"c{c}")
-            for i in range(per_class):
-                path = tmp_path / "data" / split / f"c{c}" / f"{i}.png"
-                path.write_bytes(encode(id_image(i, size)))
+    config = smoke_on_folder(tmp_path / "data")
     bad = tmp_path / "data" / "train" / "c3" / "1.png"
     bad.write_bytes(b"")
-    config = smoke_config(
-        **{
-            "dataset.source": "image_folder",
-            "dataset.image_root": str(tmp_path / "data"),
-            "dataset.imbalance_factor": 0.0,
-            "dataset.cache": False,
-        }
-    )
     workdir = tmp_path / "w"
     line = one_error_line(capsys, lambda: train_and_evaluate(config, str(workdir)))
     assert f"{bad} is empty (0 bytes)" in line
     assert not workdir.exists()
+
+
+def test_training_under_skip_writes_the_bad_files_into_the_workdir(tmp_path, monkeypatch):
+    from ncl_jax.training import loop
+
+    class Stop(Exception):
+        """Raised where the step would be built: what comes before it is under test."""
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(loop.builders, "make_step_config", stop)
+    config = smoke_on_folder(tmp_path / "data", **{"dataset.on_bad_file": "skip"})
+    bad = tmp_path / "data" / "test" / "c7" / "0.png"
+    bad.write_bytes(b"GIF89a")
+    workdir = tmp_path / "w"
+    with pytest.raises(Stop):
+        loop.train_and_evaluate(config, str(workdir))
+    listed = (workdir / file_check.BAD_FILES_NAME).read_text()
+    assert listed.startswith(f"{bad}\tis a truncated or corrupt GIF file (Invalid GIF data")
+    assert listed.count("\n") == 1
 
 
 def test_the_header_check_passes_every_file_the_pipeline_decodes(folder):
@@ -388,7 +413,3 @@ def test_check_dataset_program_prints_each_bad_file_and_exits_nonzero(tmp_path):
         "(training 20 (1 bad), evaluation 10 (1 bad)): 2 bad"
     )
     assert "Traceback" not in done.stderr
-    done = subprocess.run(command[:4], cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
-        "error: dataset.source='tfds' has no image files to check"
-    )

@@ -33,7 +33,6 @@ __all__ = [
     "long_tailed_indices",
     "resolve",
     "skipped_files",
-    "split_files",
     "write_skipped_files",
 ]
 
@@ -119,11 +118,6 @@ def resolve(cfg: Any) -> ResolvedDataset:
     if cfg.cache:
         _RESOLVED[key] = resolved
     return resolved
-
-
-def split_files(split: IndexedSplit) -> np.ndarray:
-    """The distinct files an indexed split of files reads (str [M], in storage order)."""
-    return split.paths[np.unique(split.rows)]
 
 
 def file_problem(cfg: Any, path: str, split: str, *, full: bool = False) -> str | None:
