@@ -110,6 +110,7 @@ def test_run_cli_turns_input_errors_into_one_line_and_keeps_bugs_as_tracebacks(c
         "ncl_jax.pretrained",
         "ncl_jax.sweep",
         "ncl_jax.report",
+        "ncl_jax.check_dataset",
     ],
 )
 def test_every_entry_point_has_a_console_script_that_starts_through_parse_flags(module):

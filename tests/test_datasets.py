@@ -89,7 +89,11 @@ def test_image_folder_source(tmp_path, identity_view):
 def test_batch_sharding_must_divide(tmp_path):
     write_images(tmp_path, [f"train/a/{i}.png" for i in range(8)] + ["test/a/0.png"])
     cfg = dataset_config(
-        source="image_folder", num_classes=1, imbalance_factor=0.0, image_root=str(tmp_path)
+        source="image_folder",
+        num_classes=1,
+        imbalance_factor=0.0,
+        image_root=str(tmp_path),
+        image_size=8,  # the images' size: the CIFAR views take no smaller ones
     )
     with pytest.raises(ConfigError, match="not divisible by process_count"):
         data.train_iterator(cfg, global_batch_size=6, seed=0, epoch=0, num_local_devices=4)

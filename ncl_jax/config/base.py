@@ -46,6 +46,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     #                    tfds: optional list of file names that filters the TFDS split
     d.eval_list = ""  # same, for evaluation
     d.image_root = ""  # split_list / image_folder: root directory of the images
+    d.on_bad_file = "error"  # bad image file: "error" stops naming it | "skip" (bad_files.txt)
     d.image_size = 32  # training crop size (CIFAR 32, others 224)
     d.train_view = "cifar_randaugment"  # classification view (see ncl_jax.data.augment.VIEWS)
     d.key_view = "moco_cifar"  # MoCo key view, used only when moco.enabled

@@ -60,6 +60,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "loss.distill_balanced": True,
     "loss.nil_hard_weight": 1.0,
     "model.bn_unbiased_variance": False,
+    "dataset.on_bad_file": "error",
 }
 
 

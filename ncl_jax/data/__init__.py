@@ -13,6 +13,7 @@ from ncl_jax.data.sharding import eval_batch_for
 
 _LAZY = {
     "get_dataset_info": "ncl_jax.data.datasets",
+    "write_skipped_files": "ncl_jax.data.datasets",
     "train_iterator": "ncl_jax.data.pipeline",
     "eval_iterator": "ncl_jax.data.pipeline",
     "steps_per_epoch": "ncl_jax.data.pipeline",

@@ -249,6 +249,10 @@ def _random_resized_crop(image, seed, size: int, scale: tuple[float, float]) -> 
     return ops.crop_and_resize(image, box, size)
 
 
+# The CIFAR views' RandomCrop(size, padding=4), as the official cui_cifar.py.
+_PAD_CROP_PADDING = 4
+
+
 def _pad_crop(image: tf.Tensor, seed: tf.Tensor, size: int, padding: int) -> tf.Tensor:
     """torchvision RandomCrop(size, padding): zero padding, then a uniformly placed window."""
     padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
@@ -270,7 +274,7 @@ def _gray3(image: tf.Tensor) -> tf.Tensor:
 def _cifar_policy_view(image, seed, size: int, policy: str) -> tf.Tensor:
     """Official CIFAR view (cui_cifar.py): pad-4 crop, flip, policy, Cutout 16 (hole = black)."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    image = _flip(_pad_crop(image, seeds[0], size, padding=4), seeds[1])
+    image = _flip(_pad_crop(image, seeds[0], size, padding=_PAD_CROP_PADDING), seeds[1])
     if policy == "autoaugment":
         image = cifar10_autoaugment(image, seeds[2])
     else:
@@ -283,7 +287,7 @@ def _cifar_standard_view(image, seed, size: int) -> tf.Tensor:
     """The standard CIFAR augmentation, pad-4 crop and flip only: the paper's "w/o RandAug"
     setting of Table 4 (no policy, no Cutout)."""
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    return _flip(_pad_crop(image, seeds[0], size, padding=4), seeds[1])
+    return _flip(_pad_crop(image, seeds[0], size, padding=_PAD_CROP_PADDING), seeds[1])
 
 
 def _moco_view(image, seed, size: int) -> tf.Tensor:
@@ -342,6 +346,27 @@ _VIEW_FNS: dict[str, Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]] = {
     "cifar_test": _identity_view,
     "resize_center_crop": _resize_center_crop_view,
 }
+# Views whose input must already be size x size (the CIFAR test view resizes nothing).
+_EXACT_INPUT_VIEWS = ("cifar_test",)
+# Views that pad by 4 and crop size x size: a side shorter than size - 8 leaves no window.
+_PAD_CROP_VIEWS = ("cifar_autoaugment", "cifar_randaugment", "cifar_standard")
+
+
+def input_size_problem(name: str, size: int, height: int, width: int) -> str | None:
+    """Why view `name` (at `image_size` = size) cannot take a height x width image, in words
+    that follow a file name ("is 4000x3000 pixels but ..."); None when it can.
+
+    The CIFAR test view takes exactly size x size (as the official code, which never resizes
+    CIFAR); the pad-and-crop views need each side >= size - 8; every other view resizes."""
+    if name in _EXACT_INPUT_VIEWS and (height, width) != (size, size):
+        return f"is {width}x{height} pixels but view {name!r} takes exactly {size}x{size}"
+    if name in _PAD_CROP_VIEWS and min(height, width) + 2 * _PAD_CROP_PADDING < size:
+        smallest = size - 2 * _PAD_CROP_PADDING
+        return (
+            f"is {width}x{height} pixels but view {name!r} needs both sides >= {smallest} to "
+            f"crop {size}x{size}"
+        )
+    return None
 
 
 def make_view(

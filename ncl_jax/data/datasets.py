@@ -2,18 +2,22 @@
 
 `get_dataset_info(config.dataset)` resolves the configured source (TFDS, split list or image
 folder), applies the CIFAR-LT profile, validates everything and returns a `DatasetInfo`;
-it raises `ConfigError` / `DataError` with a one-line fix before any compute starts.
+it raises `ConfigError` / `DataError` with a one-line fix before any compute starts. Every
+image file a split-list or image-folder split will read has its header checked then
+(`file_check`); `dataset.on_bad_file` says whether a bad one stops the run or is left out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
-from ncl_jax.data import file_sources, sources
+from ncl_jax.data import augment, file_check, file_sources, sources
 from ncl_jax.data.choices import SOURCES
 from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
 from ncl_jax.data.splits import IndexedSplit, StreamedSplit
@@ -22,11 +26,15 @@ from ncl_jax.errors import ConfigError, DataError
 __all__ = [
     "DatasetInfo",
     "ResolvedDataset",
+    "check_all_files",
     "class_names",
+    "file_problem",
     "get_dataset_info",
     "long_tailed_counts",
     "long_tailed_indices",
     "resolve",
+    "skipped_files",
+    "write_skipped_files",
 ]
 
 
@@ -37,6 +45,7 @@ class ResolvedDataset:
     info: DatasetInfo
     train: IndexedSplit | StreamedSplit
     eval: IndexedSplit | StreamedSplit
+    bad_files: tuple[file_check.BadFile, ...] = ()  # left out under on_bad_file=skip
 
 
 _KEY_FIELDS = (
@@ -52,7 +61,15 @@ _KEY_FIELDS = (
     "train_list",
     "eval_list",
     "image_root",
+    "image_size",
+    "train_view",
+    "eval_view",
+    "on_bad_file",
 )
+# The view each split's files go through, by config field. The MoCo key view is not here:
+# every key view resizes what it gets, so it accepts any size.
+SPLIT_VIEWS = {"train": "train_view", "eval": "eval_view"}
+_SPLIT_WORDS = {"train": "the training split", "eval": "the evaluation split"}
 _RESOLVED: dict[tuple, ResolvedDataset] = {}
 
 
@@ -74,7 +91,16 @@ def resolve(cfg: Any) -> ResolvedDataset:
     )
     if cfg.source not in readers:
         raise ConfigError(f"dataset.source={cfg.source!r} is unknown; use one of {SOURCES}.")
+    if cfg.on_bad_file not in file_check.ON_BAD_FILE:
+        raise ConfigError(
+            f"dataset.on_bad_file={cfg.on_bad_file!r} is unknown; use one of "
+            f"{file_check.ON_BAD_FILE}."
+        )
     train, evals, counts, names = readers[cfg.source](cfg)
+    bad: tuple[file_check.BadFile, ...] = ()
+    if isinstance(train, IndexedSplit) and train.paths is not None:
+        train, evals, bad = _checked_files(cfg, train, evals)
+        counts = _counts(train, cfg.num_classes)
     _check_no_empty_class(counts, f"the training set of {cfg.name!r}")
     info = DatasetInfo(
         name=cfg.name,
@@ -85,10 +111,98 @@ def resolve(cfg: Any) -> ResolvedDataset:
         class_names=names,
     )
     info.class_counts.setflags(write=False)
-    resolved = ResolvedDataset(info=info, train=train, eval=evals)
+    resolved = ResolvedDataset(info=info, train=train, eval=evals, bad_files=bad)
     if cfg.cache:
         _RESOLVED[key] = resolved
     return resolved
+
+
+def file_problem(cfg: Any, path: str, split: str, *, full: bool = False) -> str | None:
+    """Why the image file `path` of `split` ("train" | "eval") cannot be read into its view,
+    in words that follow the path; None when it can. `full` decodes it (`ncl-check-dataset`,
+    and the pipeline naming a file that failed); otherwise a header check
+    (`file_check.header_problem`)."""
+    field = SPLIT_VIEWS[split]
+    view, size = getattr(cfg, field), cfg.image_size
+
+    def size_rule(height: int, width: int) -> str | None:
+        problem = augment.input_size_problem(view, size, height, width)
+        return problem and f"{problem} (dataset.{field}, dataset.image_size={size})"
+
+    check = file_check.decode_problem if full else file_check.header_problem
+    return check(path, decode=sources.decoded_size, size_rule=size_rule)
+
+
+def _bad_files(cfg: Any, split: IndexedSplit, name: str, *, full: bool, threads: int):
+    """(the split's distinct storage rows, their files, the bad ones): `file_problem` of every
+    file the split reads, in `threads` threads."""
+    rows = np.unique(split.rows)
+    files = split.paths[rows]
+    problem = functools.partial(file_problem, cfg, split=name, full=full)
+    bad = file_check.find_bad_files(files, problem, what=_SPLIT_WORDS[name], threads=threads)
+    return rows, files, bad
+
+
+def _checked_files(cfg: Any, train: IndexedSplit, evals: IndexedSplit):
+    """Every file of both splits header-checked: DataError naming the first bad one under
+    on_bad_file=error, else the splits without their bad files, and those files."""
+    kept, all_bad = [], []
+    for split, name in ((train, "train"), (evals, "eval")):
+        rows, files, bad = _bad_files(cfg, split, name, full=False, threads=file_check.THREADS)
+        if bad and cfg.on_bad_file == "error":
+            raise file_check.refusal(bad, _SPLIT_WORDS[name])
+        if bad:
+            bad_rows = rows[np.isin(files, [b.path for b in bad])]
+            split = split.subset(np.flatnonzero(~np.isin(split.rows, bad_rows)))
+            logging.warning(
+                "dataset.on_bad_file=skip: left %d bad files out of %s (%d examples remain); "
+                "training writes their list to WORKDIR/%s.",
+                len(bad),
+                _SPLIT_WORDS[name],
+                len(split),
+                file_check.BAD_FILES_NAME,
+            )
+        kept.append(split)
+        all_bad.extend(bad)
+    return kept[0], kept[1], tuple(all_bad)
+
+
+def check_all_files(
+    cfg: Any, *, threads: int = file_check.THREADS
+) -> dict[str, tuple[int, list[file_check.BadFile]]]:
+    """Every file the configured training and evaluation splits read (the long-tailed subset
+    when imbalance_factor > 0), decoded once as the pipeline decodes it and held to its
+    view's size rule, in `threads` threads: {"train" | "eval": (number of files, the bad
+    ones)}. What `ncl-check-dataset` reports. Raises ConfigError for a TFDS source (records,
+    not files) and what `resolve` raises for lists or folders that cannot be opened."""
+    readers = {"split_list": _resolve_split_list, "image_folder": _resolve_image_folder}
+    if cfg.source not in readers:
+        raise ConfigError(
+            f"dataset.source={cfg.source!r} has no image files to check: the check reads "
+            "split_list and image_folder datasets; set --config.dataset.source."
+        )
+    train, evals, _, _ = readers[cfg.source](cfg)
+    report = {}
+    for split, name in ((train, "train"), (evals, "eval")):
+        _, files, bad = _bad_files(cfg, split, name, full=True, threads=threads)
+        report[name] = (len(files), bad)
+    return report
+
+
+def skipped_files(cfg: Any) -> tuple[file_check.BadFile, ...]:
+    """The bad files `resolve` left out of the configured splits (on_bad_file=skip)."""
+    return resolve(cfg).bad_files
+
+
+def write_skipped_files(cfg: Any, workdir: str) -> str | None:
+    """Writes WORKDIR/bad_files.txt (file_check.write_list) when files were left out, and
+    returns its path; None (and nothing written) when none were."""
+    bad = skipped_files(cfg)
+    if not bad:
+        return None
+    path = os.path.join(workdir, file_check.BAD_FILES_NAME)
+    file_check.write_list(path, bad)
+    return path
 
 
 def class_names(cfg: Any) -> tuple[str, ...] | None:

@@ -26,7 +26,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ncl_jax.data import augment, sources
-from ncl_jax.data.datasets import DatasetInfo, get_dataset_info, resolve
+from ncl_jax.data.datasets import DatasetInfo, file_problem, get_dataset_info, resolve
 from ncl_jax.data.sharding import Shard, make_shard
 from ncl_jax.data.splits import IndexedSplit, StreamedSplit
 from ncl_jax.errors import ConfigError, DataError
@@ -108,6 +108,17 @@ def _augment_fn(views: list[View], base_key: tf.Tensor) -> Callable:
     return apply
 
 
+def _trail(
+    cfg: Any, split_name: str, split: IndexedSplit, examples: np.ndarray, shard: Shard
+) -> FileTrail | None:
+    """The FileTrail of a split of files whose elements are `examples` (indices into the
+    split, in element order); None for images held in memory."""
+    if split.paths is None:
+        return None
+    paths = split.paths[split.rows[examples]]
+    return FileTrail(cfg=cfg, split=split_name, paths=paths, per_batch=shard.per_process)
+
+
 def _to_devices(num_devices: int) -> Callable:
     """[b_process, ...] -> [D, b_process / D, ...] for pmap."""
 
@@ -125,10 +136,50 @@ def _finish(ds: tf.data.Dataset, shard: Shard, prefetch: int) -> tf.data.Dataset
     return _options(ds)
 
 
-def _iterate(ds: tf.data.Dataset, expected: int, what: str) -> Iterator[Batch]:
-    """Yields numpy batches and fails loudly if a stream ends early (instead of hanging)."""
+@dataclasses.dataclass(frozen=True)
+class FileTrail:
+    """The file behind every element of a file split's dataset, in element order: tf.data
+    cannot say which element's op failed, so the batch that fails is looked up here and its
+    files decoded again one by one (`datasets.file_problem`) to name the bad one."""
+
+    cfg: Any
+    split: str  # "train" | "eval": whose view (datasets.SPLIT_VIEWS) the files go through
+    paths: np.ndarray  # str [num_steps * per_process], element k of this process's stream
+    per_batch: int
+
+    def error(self, batch: int, what: str) -> DataError | None:
+        """DataError naming the first bad file of `batch` (or of the two after it, which
+        prefetching may have read first); None when all of them read well now."""
+        start = batch * self.per_batch
+        for path in dict.fromkeys(self.paths[start : start + 3 * self.per_batch].tolist()):
+            problem = file_problem(self.cfg, path, self.split, full=True)
+            if problem is not None:
+                return DataError(
+                    f"{path} {problem}; met by the input pipeline in {what}: fix or remove "
+                    "it (ncl-check-dataset checks every file)."
+                )
+        return None
+
+
+def _iterate(
+    ds: tf.data.Dataset, expected: int, what: str, files: FileTrail | None = None
+) -> Iterator[Batch]:
+    """Yields numpy batches and fails loudly if a stream ends early (instead of hanging).
+
+    With `files` (sources of image files), a batch that fails to load is a DataError naming
+    the file that caused it, instead of TensorFlow's traceback without it."""
     count = 0
-    for batch in ds.as_numpy_iterator():
+    batches = ds.as_numpy_iterator()
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except tf.errors.OpError as err:
+            named = None if files is None else files.error(count, what)
+            if named is None:
+                raise
+            raise named from err
         count += 1
         yield batch
     if count != expected:
@@ -174,15 +225,18 @@ def train_iterator(
     shard = dataclasses.replace(shard, first_step=start_step, last_step=steps)
     views = _views(cfg, [cfg.train_view, cfg.key_view] if two_views else [cfg.train_view])
     base_key = tf.constant([seed, epoch], tf.int64)
+    files = None
     if isinstance(data.train, IndexedSplit):
         order = np.random.default_rng([seed, epoch]).permutation(len(data.train))
         ds = _indexed_train(cfg, data.train, order, shard, _augment_fn(views, base_key))
+        files = _trail(cfg, "train", data.train, order[shard.positions()], shard)
     else:
         # Positions count within this process's stream, so the process joins the seed.
         key = fold_in(base_key, process_index)
         stream_seed = seed * 1_000_003 + epoch * 7_919 + process_index
         ds = _streamed_train(cfg, data.train, shard, _augment_fn(views, key), stream_seed)
-    return _iterate(_finish(ds, shard, cfg.prefetch), shard.num_steps, f"training epoch {epoch}")
+    ds = _finish(ds, shard, cfg.prefetch)
+    return _iterate(ds, shard.num_steps, f"training epoch {epoch}", files)
 
 
 def _indexed_train(
@@ -290,11 +344,14 @@ def eval_iterator(
         raise DataError(f"the eval split {cfg.eval_split!r} of {cfg.name!r} has no examples.")
     shard = dataclasses.replace(shard, last_step=-(-total // global_batch_size))
     (view,) = _views(cfg, [cfg.eval_view])
+    files = None
     if isinstance(data.eval, IndexedSplit):
         ds = _indexed_eval(cfg, data.eval, view, total, shard)
+        positions = shard.positions()
+        files = _trail(cfg, "eval", data.eval, np.where(positions < total, positions, 0), shard)
     else:
         ds = _streamed_eval(cfg, data.eval, view, total, shard)
-    return _iterate(_finish(ds, shard, cfg.prefetch), shard.num_steps, "evaluation")
+    return _iterate(_finish(ds, shard, cfg.prefetch), shard.num_steps, "evaluation", files)
 
 
 def _indexed_eval(

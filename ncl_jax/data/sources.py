@@ -88,6 +88,18 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     return image
 
 
+def decoded_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of file bytes decoded as the pipeline decodes them (`decode_image`);
+    ValueError with TensorFlow's message, without its op and device prefixes, when they do
+    not decode."""
+    try:
+        shape = decode_image(tf.constant(data)).shape
+    except tf.errors.OpError as err:
+        message = re.sub(r"\{\{[^}]*\}\}|\[Op:.*$", "", err.message, flags=re.S)
+        raise ValueError(" ".join(message.split()).rstrip(".")) from None
+    return int(shape[0]), int(shape[1])
+
+
 # ---------------------------------------------------------------------------------- TFDS
 
 

@@ -163,6 +163,8 @@ def _train(
     config, workdir: str, info, checkpoints: RunCheckpoints, resume_step, lock, extend: bool
 ) -> dict:
     checkpoints.check_or_write_config(config, extend=extend)
+    if jax.process_index() == 0:  # under dataset.on_bad_file=skip: the files left out
+        data.write_skipped_files(config.dataset, workdir)
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.num_epochs
     step_cfg = builders.make_step_config(
