@@ -27,17 +27,18 @@ from ncl_jax.data.normalization import NORMALIZATION
 # AutoAugment CIFAR10Policy (hand-written: no JAX library ships the policy).
 
 
-def autoaugment_op(
-    image: jax.Array, index: jax.Array | int, magnitude: jax.Array | float, sign
-) -> jax.Array:
-    """Apply AUTOAUGMENT_OPS[index] (index == len(AUTOAUGMENT_OPS): identity), as
-    `augment.autoaugment_op`: fill 128, `sign` negates shear, translate and enhance magnitudes;
-    rotate unsigned; translate/rotate NEAREST, shear bilinear."""
+def autoaugment_branches(
+    shape: tuple[int, ...], magnitude: jax.Array | float, sign
+) -> list[Callable[[jax.Array], jax.Array]]:
+    """The ops of AUTOAUGMENT_OPS (then the identity) at `magnitude`, as the official autoaug.py
+    applies them (and `augment.autoaugment_op`): fill 128, `sign` (+1/-1) negates shear,
+    translate and enhance magnitudes; rotate unsigned; translate/rotate NEAREST, shear
+    bilinear. `shape` is the image's [H, W, 3]."""
     fill = tables.GRAY_FILL
     magnitude = jnp.asarray(magnitude, jnp.float32)
     signed = magnitude * jnp.asarray(sign, jnp.float32)
-    height, width = image.shape[0], image.shape[1]
-    branches = [
+    height, width = shape[0], shape[1]
+    return [
         lambda x: ops.shear_x(x, signed, fill=fill),
         lambda x: ops.shear_y(x, signed, fill=fill),
         lambda x: ops.translate_x(x, signed * width, fill=fill, interpolation="NEAREST"),
@@ -54,20 +55,36 @@ def autoaugment_op(
         ops.invert,
         lambda x: x,
     ]
+
+
+def autoaugment_op(
+    image: jax.Array, index: jax.Array | int, magnitude: jax.Array | float, sign
+) -> jax.Array:
+    """Apply AUTOAUGMENT_OPS[index] (index == len(AUTOAUGMENT_OPS): identity)."""
+    branches = autoaugment_branches(image.shape, magnitude, sign)
     return jax.lax.switch(jnp.asarray(index, jnp.int32), branches, image)
 
 
-def cifar10_autoaugment(image: jax.Array, key: jax.Array) -> jax.Array:
-    """One uniformly drawn CIFAR10Policy sub-policy; each of its two ops fires with its own p."""
+def autoaugment_draws(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The CIFAR10Policy's random choices: a uniformly drawn sub-policy whose two ops each fire
+    with their own probability, each with a random sign. Returns the sub-policy (int32), its
+    op indices (int32 [2], len(AUTOAUGMENT_OPS) where an op does not fire), magnitudes
+    (float32 [2]) and signs (float32 [2]); the same draws as `augment.cifar10_autoaugment`."""
     op_ids, probs, magnitudes = (jnp.asarray(a) for a in tables.cifar10_policy_arrays())
     num_policies, num_ops = len(tables.CIFAR10_POLICY), len(tables.AUTOAUGMENT_OPS)
     u = jax.random.uniform(key, (5,))
     policy = jnp.minimum((u[0] * num_policies).astype(jnp.int32), num_policies - 1)
+    fire = u[jnp.array([1, 3])] < probs[policy]
+    index = jnp.where(fire, op_ids[policy], num_ops)
+    sign = jnp.where(u[jnp.array([2, 4])] < 0.5, -1.0, 1.0)
+    return policy, index, magnitudes[policy], sign
+
+
+def cifar10_autoaugment(image: jax.Array, key: jax.Array) -> jax.Array:
+    """One uniformly drawn CIFAR10Policy sub-policy; each of its two ops fires with its own p."""
+    _, index, magnitude, sign = autoaugment_draws(key)
     for k in range(2):
-        fire = u[1 + 2 * k] < probs[policy, k]
-        index = jnp.where(fire, op_ids[policy, k], num_ops)
-        sign = jnp.where(u[2 + 2 * k] < 0.5, -1.0, 1.0)
-        image = autoaugment_op(image, index, magnitudes[policy, k], sign)
+        image = autoaugment_op(image, index[k], magnitude[k], sign[k])
     return image
 
 
@@ -75,20 +92,20 @@ def cifar10_autoaugment(image: jax.Array, key: jax.Array) -> jax.Array:
 # RandAugment, timm `rand-n2-m10-mstd0.5` (hand-written: no JAX library ships timm's policy).
 
 
-def rand_augment_op(
-    image: jax.Array, index: jax.Array | int, level: jax.Array | float, sign, *, fill
-) -> jax.Array:
-    """Apply RAND_AUGMENT_OPS[index] (index == len(RAND_AUGMENT_OPS): identity) at `level` in
-    [0, 10] with timm's level-to-argument maps (`augment_tables.RAND_AUGMENT_MAX`); `sign`
-    negates rotate/shear/translate only. As `augment.rand_augment_op`."""
+def rand_augment_branches(
+    shape: tuple[int, ...], level: jax.Array | float, sign, *, fill: tables.Fill
+) -> list[Callable[[jax.Array], jax.Array]]:
+    """The ops of RAND_AUGMENT_OPS (then the identity) at `level` in [0, 10] with timm's
+    level-to-argument maps (`augment_tables.RAND_AUGMENT_MAX`); `sign` negates
+    rotate/shear/translate only; as `augment.rand_augment_op`. `shape` is [H, W, 3]."""
     frac = jnp.asarray(level, jnp.float32) / 10.0
     sign = jnp.asarray(sign, jnp.float32)
     top = tables.RAND_AUGMENT_MAX
     low, span = tables.RAND_AUGMENT_ENHANCE
     enhance = low + frac * span
     shift = frac * top["translate_fraction"] * sign
-    height, width = image.shape[0], image.shape[1]
-    branches = [
+    height, width = shape[0], shape[1]
+    return [
         ops.autocontrast,
         ops.equalize,
         ops.invert,
@@ -106,30 +123,43 @@ def rand_augment_op(
         lambda x: ops.translate_y(x, shift * height, fill=fill),
         lambda x: x,
     ]
+
+
+def rand_augment_op(
+    image: jax.Array, index: jax.Array | int, level: jax.Array | float, sign, *, fill
+) -> jax.Array:
+    """Apply RAND_AUGMENT_OPS[index] (index == len(RAND_AUGMENT_OPS): identity) at `level`."""
+    branches = rand_augment_branches(image.shape, level, sign, fill=fill)
     return jax.lax.switch(jnp.asarray(index, jnp.int32), branches, image)
 
 
-def rand_augment(
-    image: jax.Array,
+def rand_augment_draws(
     key: jax.Array,
     *,
-    fill,
     num_layers: int = tables.RAND_AUGMENT_LAYERS,
     magnitude: float = tables.RAND_AUGMENT_MAGNITUDE,
     magnitude_std: float = tables.RAND_AUGMENT_MAGNITUDE_STD,
-) -> jax.Array:
-    """`num_layers` ops drawn with replacement, each applied with p=0.5 at a magnitude drawn
-    from N(magnitude, magnitude_std) clipped to [0, 10]; geometric ops get a random sign."""
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """RandAugment's random choices, as `augment.rand_augment` draws them: `num_layers` ops
+    drawn with replacement, each kept with p=0.5 (int32 [num_layers] indices,
+    len(RAND_AUGMENT_OPS) for a skipped layer), levels ~ N(magnitude, magnitude_std) clipped to
+    [0, 10] (float32 [num_layers]) and signs +-1 (float32 [num_layers])."""
     uniform_key, noise_key = jax.random.split(key)
     u = jax.random.uniform(uniform_key, (num_layers, 3))
     noise = jax.random.normal(noise_key, (num_layers,))
     num_ops = len(tables.RAND_AUGMENT_OPS)
-    for k in range(num_layers):
-        choice = jnp.minimum((u[k, 0] * num_ops).astype(jnp.int32), num_ops - 1)
-        index = jnp.where(u[k, 1] < 0.5, choice, num_ops)
-        level = jnp.clip(magnitude + magnitude_std * noise[k], 0.0, 10.0)
-        sign = jnp.where(u[k, 2] < 0.5, -1.0, 1.0)
-        image = rand_augment_op(image, index, level, sign, fill=fill)
+    choice = jnp.minimum((u[:, 0] * num_ops).astype(jnp.int32), num_ops - 1)
+    index = jnp.where(u[:, 1] < 0.5, choice, num_ops)
+    level = jnp.clip(magnitude + magnitude_std * noise, 0.0, 10.0)
+    sign = jnp.where(u[:, 2] < 0.5, -1.0, 1.0)
+    return index, level, sign
+
+
+def rand_augment(image: jax.Array, key: jax.Array, *, fill: tables.Fill, **draw) -> jax.Array:
+    """RandAugment with the choices of `rand_augment_draws(key, **draw)` applied in turn."""
+    index, level, sign = rand_augment_draws(key, **draw)
+    for k in range(index.shape[0]):
+        image = rand_augment_op(image, index[k], level[k], sign[k], fill=fill)
     return image
 
 
@@ -180,8 +210,14 @@ def _cifar_policy_view(image: jax.Array, key: jax.Array, policy: str) -> jax.Arr
         image = cifar10_autoaugment(image, keys[2])
     else:
         image = rand_augment(image, keys[2], fill=tables.GRAY_FILL)
-    center = jax.random.randint(keys[3], (2,), 0, size)
-    return ops.cutout(image, center[0], center[1], length=tables.CUTOUT_LENGTH)
+    center_y, center_x = cutout_center(keys[3], size)
+    return ops.cutout(image, center_y, center_x, length=tables.CUTOUT_LENGTH)
+
+
+def cutout_center(key: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Cutout's hole centre (row, column), each uniform over 0..size-1 (int32 scalars)."""
+    center = jax.random.randint(key, (2,), 0, size)
+    return center[0], center[1]
 
 
 def _cifar_standard_view(image: jax.Array, key: jax.Array) -> jax.Array:
