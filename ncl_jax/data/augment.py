@@ -20,64 +20,21 @@ import numpy as np
 import tensorflow as tf
 
 from ncl_jax.data import augment_ops as ops
+from ncl_jax.data import augment_tables as tables
 from ncl_jax.data.choices import VIEWS
 from ncl_jax.data.normalization import NORMALIZATION
 
-_GRAY_FILL = (128.0, 128.0, 128.0)
-# timm's img_mean fill: round(255 * ImageNet mean), as in the official ImageNet-LT/iNat recipe.
-_IMAGENET_FILL = (124.0, 116.0, 104.0)
+# The policy tables and view constants live in augment_tables.py (shared with jax_augment.py);
+# re-exported here under the names this module has always offered.
+AUTOAUGMENT_OPS = tables.AUTOAUGMENT_OPS
+CIFAR10_POLICY = tables.CIFAR10_POLICY
+RAND_AUGMENT_OPS = tables.RAND_AUGMENT_OPS
+autoaugment_magnitude = tables.autoaugment_magnitude
+_GRAY_FILL = tables.GRAY_FILL
+_IMAGENET_FILL = tables.IMAGENET_FILL
 
 # ---------------------------------------------------------------------------------------------
 # AutoAugment CIFAR10Policy (Cubuk et al. 2019, as in the official lib/dataset/autoaug.py).
-
-AUTOAUGMENT_OPS = (
-    "shearX", "shearY", "translateX", "translateY", "rotate", "color", "posterize", "solarize",
-    "contrast", "sharpness", "brightness", "autocontrast", "equalize", "invert",
-)  # fmt: skip
-
-# Sub-policies: ((op, probability, magnitude bin 0..9), (op, probability, magnitude bin)).
-CIFAR10_POLICY: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = (
-    (("invert", 0.1, 7), ("contrast", 0.2, 6)),
-    (("rotate", 0.7, 2), ("translateX", 0.3, 9)),
-    (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)),
-    (("shearY", 0.5, 8), ("translateY", 0.7, 9)),
-    (("autocontrast", 0.5, 8), ("equalize", 0.9, 2)),
-    (("shearY", 0.2, 7), ("posterize", 0.3, 7)),
-    (("color", 0.4, 3), ("brightness", 0.6, 7)),
-    (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
-    (("equalize", 0.6, 5), ("equalize", 0.5, 1)),
-    (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
-    (("color", 0.7, 7), ("translateX", 0.5, 8)),
-    (("equalize", 0.3, 7), ("autocontrast", 0.4, 8)),
-    (("translateY", 0.4, 3), ("sharpness", 0.2, 6)),
-    (("brightness", 0.9, 6), ("color", 0.2, 8)),
-    (("solarize", 0.5, 2), ("invert", 0.0, 3)),
-    (("equalize", 0.2, 0), ("autocontrast", 0.6, 0)),
-    (("equalize", 0.2, 8), ("equalize", 0.6, 4)),
-    (("color", 0.9, 9), ("equalize", 0.6, 6)),
-    (("autocontrast", 0.8, 4), ("solarize", 0.2, 8)),
-    (("brightness", 0.1, 3), ("color", 0.7, 0)),
-    (("solarize", 0.4, 5), ("autocontrast", 0.9, 3)),
-    (("translateY", 0.9, 9), ("translateY", 0.7, 9)),
-    (("autocontrast", 0.9, 2), ("solarize", 0.8, 3)),
-    (("equalize", 0.8, 8), ("invert", 0.1, 3)),
-    (("translateY", 0.7, 9), ("autocontrast", 0.9, 1)),
-)
-
-
-def autoaugment_magnitude(op: str, magnitude_bin: int) -> float:
-    """Value of bin 0..9 of the op's 10-bin AutoAugment range (translate: fraction of size)."""
-    ends = {
-        "shearX": (0.0, 0.3), "shearY": (0.0, 0.3), "rotate": (0.0, 30.0),
-        "translateX": (0.0, 150 / 331), "translateY": (0.0, 150 / 331),
-        "color": (0.0, 0.9), "contrast": (0.0, 0.9), "sharpness": (0.0, 0.9),
-        "brightness": (0.0, 0.9), "solarize": (256.0, 0.0),
-    }  # fmt: skip
-    if op == "posterize":
-        return float(np.round(np.linspace(8, 4, 10))[magnitude_bin])
-    if op in ends:
-        return float(np.linspace(*ends[op], 10)[magnitude_bin])
-    return 0.0
 
 
 def autoaugment_op(
@@ -115,13 +72,7 @@ def autoaugment_op(
 
 def cifar10_autoaugment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """One uniformly drawn CIFAR10Policy sub-policy; each of its two ops fires with its own p."""
-    table = [
-        [(AUTOAUGMENT_OPS.index(op), p, autoaugment_magnitude(op, m)) for op, p, m in sub]
-        for sub in CIFAR10_POLICY
-    ]
-    op_ids = tf.constant([[t[0] for t in sub] for sub in table], tf.int32)
-    probs = tf.constant([[t[1] for t in sub] for sub in table], tf.float32)
-    magnitudes = tf.constant([[t[2] for t in sub] for sub in table], tf.float32)
+    op_ids, probs, magnitudes = (tf.constant(a) for a in tables.cifar10_policy_arrays())
     u = tf.random.stateless_uniform([5], seed)
     policy = tf.minimum(tf.cast(u[0] * len(CIFAR10_POLICY), tf.int32), len(CIFAR10_POLICY) - 1)
     for k in range(2):
@@ -134,12 +85,6 @@ def cifar10_autoaugment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # RandAugment, timm `rand-n2-m10-mstd0.5` as shipped in the official lib/dataset/randaugment.py.
-
-RAND_AUGMENT_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeTpu", "Solarize", "SolarizeAdd",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
-    "TranslateYRel",
-)  # fmt: skip
 
 
 def rand_augment_op(
@@ -154,24 +99,27 @@ def rand_augment_op(
     [0, 10] with timm's level-to-argument maps; `sign` negates rotate/shear/translate only."""
     frac = tf.cast(level, tf.float32) / 10.0
     sign = tf.cast(sign, tf.float32)
-    enhance = frac * 1.8 + 0.1  # timm: enhance factors in [0.1, 1.9], never negated
+    top = tables.RAND_AUGMENT_MAX
+    low, span = tables.RAND_AUGMENT_ENHANCE
+    enhance = low + frac * span  # timm: enhance factors in [0.1, 1.9], never negated
+    shift = frac * top["translate_fraction"] * sign  # fraction of the image size
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     branches = [
         lambda: ops.autocontrast(image),
         lambda: ops.equalize(image),
         lambda: ops.invert(image),
-        lambda: ops.rotate(image, frac * 30.0 * sign, fill=fill),
-        lambda: ops.posterize(image, tf.cast(tf.floor(frac * 4.0), tf.int32)),
-        lambda: ops.solarize(image, tf.floor(frac * 256.0)),
-        lambda: ops.solarize_add(image, tf.floor(frac * 110.0)),
+        lambda: ops.rotate(image, frac * top["rotate_degrees"] * sign, fill=fill),
+        lambda: ops.posterize(image, tf.cast(tf.floor(frac * top["posterize_bits"]), tf.int32)),
+        lambda: ops.solarize(image, tf.floor(frac * top["solarize_threshold"])),
+        lambda: ops.solarize_add(image, tf.floor(frac * top["solarize_add"])),
         lambda: ops.adjust_color(image, enhance),
         lambda: ops.adjust_contrast(image, enhance),
         lambda: ops.adjust_brightness(image, enhance),
         lambda: ops.adjust_sharpness(image, enhance),
-        lambda: ops.shear_x(image, frac * 0.3 * sign, fill=fill),
-        lambda: ops.shear_y(image, frac * 0.3 * sign, fill=fill),
-        lambda: ops.translate_x(image, frac * 0.45 * sign * size[1], fill=fill),
-        lambda: ops.translate_y(image, frac * 0.45 * sign * size[0], fill=fill),
+        lambda: ops.shear_x(image, frac * top["shear"] * sign, fill=fill),
+        lambda: ops.shear_y(image, frac * top["shear"] * sign, fill=fill),
+        lambda: ops.translate_x(image, shift * size[1], fill=fill),
+        lambda: ops.translate_y(image, shift * size[0], fill=fill),
         lambda: image,
     ]
     return tf.ensure_shape(tf.switch_case(tf.cast(index, tf.int32), branches), image.shape)
@@ -182,9 +130,9 @@ def rand_augment(
     seed: tf.Tensor,
     *,
     fill: ops.Fill,
-    num_layers: int = 2,
-    magnitude: float = 10.0,
-    magnitude_std: float = 0.5,
+    num_layers: int = tables.RAND_AUGMENT_LAYERS,
+    magnitude: float = tables.RAND_AUGMENT_MAGNITUDE,
+    magnitude_std: float = tables.RAND_AUGMENT_MAGNITUDE_STD,
 ) -> tf.Tensor:
     """`num_layers` ops drawn with replacement, each applied with p=0.5 at a magnitude drawn
     from N(magnitude, magnitude_std) clipped to [0, 10]; geometric ops get a random sign."""
@@ -244,13 +192,9 @@ def _random_resized_crop(image, seed, size: int, scale: tuple[float, float]) -> 
     shape = tf.shape(image)
     uniforms = tf.random.stateless_uniform([10, 4], seed)
     box = ops.random_resized_crop_box(
-        shape[0], shape[1], uniforms, scale=scale, ratio=(3.0 / 4.0, 4.0 / 3.0)
+        shape[0], shape[1], uniforms, scale=scale, ratio=tables.CROP_RATIO
     )
     return ops.crop_and_resize(image, box, size)
-
-
-# The CIFAR views' RandomCrop(size, padding=4), as the official cui_cifar.py.
-_PAD_CROP_PADDING = 4
 
 
 def _pad_crop(image: tf.Tensor, seed: tf.Tensor, size: int, padding: int) -> tf.Tensor:
@@ -261,6 +205,12 @@ def _pad_crop(image: tf.Tensor, seed: tf.Tensor, size: int, padding: int) -> tf.
 
 def _flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def _blur_sigma(u: tf.Tensor) -> tf.Tensor:
+    """GaussianBlur's sigma ~ U[BLUR_SIGMA] from a U[0, 1) draw."""
+    low, high = tables.BLUR_SIGMA
+    return low + (high - low) * u
 
 
 def _gray3(image: tf.Tensor) -> tf.Tensor:
@@ -274,32 +224,32 @@ def _gray3(image: tf.Tensor) -> tf.Tensor:
 def _cifar_policy_view(image, seed, size: int, policy: str) -> tf.Tensor:
     """Official CIFAR view (cui_cifar.py): pad-4 crop, flip, policy, Cutout 16 (hole = black)."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    image = _flip(_pad_crop(image, seeds[0], size, padding=_PAD_CROP_PADDING), seeds[1])
+    image = _flip(_pad_crop(image, seeds[0], size, padding=tables.CIFAR_PADDING), seeds[1])
     if policy == "autoaugment":
         image = cifar10_autoaugment(image, seeds[2])
     else:
         image = rand_augment(image, seeds[2], fill=_GRAY_FILL)
     center = tf.random.stateless_uniform([2], seeds[3], maxval=size, dtype=tf.int32)
-    return ops.cutout(image, center[0], center[1], length=16)
+    return ops.cutout(image, center[0], center[1], length=tables.CUTOUT_LENGTH)
 
 
 def _cifar_standard_view(image, seed, size: int) -> tf.Tensor:
     """The standard CIFAR augmentation, pad-4 crop and flip only: the paper's "w/o RandAug"
     setting of Table 4 (no policy, no Cutout)."""
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    return _flip(_pad_crop(image, seeds[0], size, padding=_PAD_CROP_PADDING), seeds[1])
+    return _flip(_pad_crop(image, seeds[0], size, padding=tables.CIFAR_PADDING), seeds[1])
 
 
 def _moco_view(image, seed, size: int) -> tf.Tensor:
     """MoCo-v2 key view `sim_cifar`: crop (0.2-1), flip, p=.8 jitter, p=.2 gray, p=.5 blur."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     u = tf.random.stateless_uniform([4], seeds[0])
-    image = _flip(_random_resized_crop(image, seeds[1], size, (0.2, 1.0)), seeds[2])
-    jitter = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
-    image = _maybe(u[0], 0.8, lambda: color_jitter(image, seeds[3], **jitter), image)
-    image = _maybe(u[1], 0.2, lambda: _gray3(image), image)
-    sigma = 0.1 + 1.9 * u[3]
-    return _maybe(u[2], 0.5, lambda: ops.gaussian_blur(image, sigma), image)
+    image = _flip(_random_resized_crop(image, seeds[1], size, tables.MOCO_CROP_SCALE), seeds[2])
+    jitter = lambda: color_jitter(image, seeds[3], **tables.MOCO_JITTER)
+    image = _maybe(u[0], tables.MOCO_JITTER_P, jitter, image)
+    image = _maybe(u[1], tables.MOCO_GRAY_P, lambda: _gray3(image), image)
+    sigma = _blur_sigma(u[3])
+    return _maybe(u[2], tables.MOCO_BLUR_P, lambda: ops.gaussian_blur(image, sigma), image)
 
 
 def _places_view(image, seed, size: int) -> tf.Tensor:
@@ -310,7 +260,7 @@ def _places_view(image, seed, size: int) -> tf.Tensor:
     jitter = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0)
     image = color_jitter(image, seeds[2], **jitter)
     image = _maybe(u[0], 0.2, lambda: _gray3(image), image)
-    sigma = 0.1 + 1.9 * u[2]
+    sigma = _blur_sigma(u[2])
     image = _maybe(u[1], 0.5, lambda: ops.gaussian_blur(image, sigma), image)
     return _flip(image, seeds[3])
 
@@ -360,8 +310,8 @@ def input_size_problem(name: str, size: int, height: int, width: int) -> str | N
     CIFAR); the pad-and-crop views need each side >= size - 8; every other view resizes."""
     if name in _EXACT_INPUT_VIEWS and (height, width) != (size, size):
         return f"is {width}x{height} pixels but view {name!r} takes exactly {size}x{size}"
-    if name in _PAD_CROP_VIEWS and min(height, width) + 2 * _PAD_CROP_PADDING < size:
-        smallest = size - 2 * _PAD_CROP_PADDING
+    if name in _PAD_CROP_VIEWS and min(height, width) + 2 * tables.CIFAR_PADDING < size:
+        smallest = size - 2 * tables.CIFAR_PADDING
         return (
             f"is {width}x{height} pixels but view {name!r} needs both sides >= {smallest} to "
             f"crop {size}x{size}"

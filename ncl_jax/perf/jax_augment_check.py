@@ -1,0 +1,245 @@
+"""How closely the JAX augmentation ops match the TF ops, and how fast the JAX views run.
+
+Agreement: every op of `jax_augment_ops` (and every AutoAugment / RandAugment branch of
+`jax_augment`) against its TF op in `augment_ops` / `augment`, on the same images with the same
+parameters: the largest difference in 8-bit levels and the fraction of pixel values that
+differ. `OP_CASES` is also what tests/test_jax_augment_ops.py holds to each case's bound.
+Speed: images/s of each JAX view (jitted, vmapped over a batch) against its tf.data view
+(parallel map, batched), in the same run.
+
+    PYTHONPATH=. python -m ncl_jax.perf.jax_augment_check [--write] [--speed_images=2048]
+
+`--write` replaces the agreement table in docs/data.md (between its markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from ncl_jax.data import augment, augment_ops, jax_augment, jax_augment_ops
+from ncl_jax.data import augment_tables as tables
+
+_FILL = tables.GRAY_FILL
+_BOX_SHRINK = (3, 5, 20, 27)  # (top, left, h, w): a crop shrunk to ... then enlarged to 32
+_BOX_GROW = (3, 5, 10, 12)
+
+
+def _box(values: tuple[int, ...]) -> tuple:
+    return tuple(np.int32(v) for v in values)
+
+
+# (name, fn(ops module, image) -> image, bound in levels). The TF and JAX op modules share op
+# names and signatures, so one call states the case for both. Bounds other than 0 are where
+# the float arithmetic differs: dm-pix's hue conversion (tf.image.adjust_hue's CPU kernel
+# rounds differently) and the bilinear shear (dm-pix and TF interpolate in another order, and
+# the result is truncated, so a value within float error of an integer may land one level
+# lower).
+OP_CASES: tuple[tuple[str, Callable[[Any, Any], Any], int], ...] = (
+    ("invert", lambda o, x: o.invert(x), 0),
+    ("solarize 113.78", lambda o, x: o.solarize(x, 113.78), 0),
+    ("solarize_add 37", lambda o, x: o.solarize_add(x, 37.0), 0),
+    ("posterize 3 bits", lambda o, x: o.posterize(x, 3), 0),
+    ("posterize 0 bits", lambda o, x: o.posterize(x, 0), 0),
+    ("autocontrast", lambda o, x: o.autocontrast(x), 0),
+    ("equalize", lambda o, x: o.equalize(x), 0),
+    ("grayscale", lambda o, x: o.grayscale(x), 0),
+    ("brightness 1.37", lambda o, x: o.adjust_brightness(x, 1.37), 0),
+    ("color 0.55", lambda o, x: o.adjust_color(x, 0.55), 0),
+    ("contrast 1.37", lambda o, x: o.adjust_contrast(x, 1.37), 0),
+    ("contrast 0.1", lambda o, x: o.adjust_contrast(x, 0.1), 0),
+    ("sharpness 1.9", lambda o, x: o.adjust_sharpness(x, 1.9), 0),
+    ("hue +0.07", lambda o, x: o.adjust_hue(x, 0.07), 1),
+    ("hue -0.1", lambda o, x: o.adjust_hue(x, -0.1), 1),
+    ("shear_x 0.23 bilinear", lambda o, x: o.shear_x(x, 0.23, fill=_FILL), 1),
+    ("shear_y -0.27 bilinear", lambda o, x: o.shear_y(x, -0.27, fill=_FILL), 1),
+    ("translate_x 7.3 bilinear", lambda o, x: o.translate_x(x, 7.3, fill=_FILL), 1),
+    (
+        "translate_y -13 nearest",
+        lambda o, x: o.translate_y(x, -13.0, fill=_FILL, interpolation="NEAREST"),
+        0,
+    ),
+    ("rotate 17 bilinear", lambda o, x: o.rotate(x, 17.0, fill=_FILL), 1),
+    (
+        "rotate 6.67 nearest",
+        lambda o, x: o.rotate(x, 6.67, fill=_FILL, interpolation="NEAREST"),
+        0,
+    ),
+    ("gaussian_blur sigma 0.3", lambda o, x: o.gaussian_blur(x, 0.3), 0),
+    ("gaussian_blur sigma 1.7", lambda o, x: o.gaussian_blur(x, 1.7), 0),
+    ("cutout at (3, 30)", lambda o, x: o.cutout(x, 3, 30, 16), 0),
+    ("crop 20x27 resized to 32", lambda o, x: o.crop_and_resize(x, _box(_BOX_SHRINK), 32), 0),
+    ("crop 10x12 resized to 32", lambda o, x: o.crop_and_resize(x, _box(_BOX_GROW), 32), 0),
+)
+
+# AutoAugment / RandAugment branches: (sign, magnitude bin) and (sign, level) compared.
+AUTOAUGMENT_SETTINGS = ((1.0, 7), (-1.0, 9))
+RAND_AUGMENT_SETTINGS = ((1.0, 10.0), (-1.0, 7.7))
+# The branches built on the bilinear shear, translate and rotate inherit its one level.
+_GEOMETRIC_BILINEAR = {"shearX", "shearY", "Rotate", "ShearX", "ShearY"}
+_GEOMETRIC_BILINEAR |= {"TranslateXRel", "TranslateYRel"}
+
+
+def check_images(count: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:
+    """uint8 [count, size, size, 3]: half per-pixel noise, half smooth (upsampled 4x4 noise),
+    each in its own random value range, so autocontrast and equalize see varied histograms."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(count):
+        lo = int(rng.integers(0, 100))
+        hi = int(rng.integers(lo + 2, 257))
+        if i % 2 == 0:
+            image = rng.integers(lo, hi, (size, size, 3))
+        else:
+            coarse = rng.integers(lo, hi, (4, 4, 3)).astype(np.float64)
+            image = jax.image.resize(coarse, (size, size, 3), "linear")
+            image = np.clip(np.round(np.asarray(image)), lo, hi - 1)
+        images.append(image)
+    return np.stack(images).astype(np.uint8)
+
+
+def _tf_ops(fn: Callable, images: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(fn(tf.constant(x.astype(np.float32)))) for x in images])
+
+
+def _jax_ops(fn: Callable, images: np.ndarray) -> np.ndarray:
+    """fn vmapped over the images and jitted, as the views run it (XLA fuses there)."""
+    return np.asarray(jax.jit(jax.vmap(fn))(jnp.asarray(images, jnp.float32)))
+
+
+def compare(tf_out: np.ndarray, jax_out: np.ndarray) -> tuple[float, float]:
+    """(max |difference| in levels, fraction of values that differ)."""
+    diff = np.abs(tf_out.astype(np.float64) - jax_out.astype(np.float64))
+    return float(diff.max()), float(np.mean(diff > 0))
+
+
+def op_agreement(images: np.ndarray) -> list[tuple[str, float, float, int]]:
+    """Rows (case, max diff, fraction differing, bound) for every case of OP_CASES."""
+    rows = []
+    for name, fn, bound in OP_CASES:
+        tf_out = _tf_ops(lambda x, f=fn: f(augment_ops, x), images)
+        jax_out = _jax_ops(lambda x, f=fn: f(jax_augment_ops, x), images)
+        rows.append((name, *compare(tf_out, jax_out), bound))
+    return rows
+
+
+def policy_cases(shape: tuple[int, ...]):
+    """(name, TF fn, JAX fn, bound) for every AutoAugment and RandAugment branch and setting."""
+    for index, op in enumerate((*tables.AUTOAUGMENT_OPS, "identity")):
+        for sign, m_bin in AUTOAUGMENT_SETTINGS:
+            m = tables.autoaugment_magnitude(op, m_bin) if op != "identity" else 0.0
+            tf_fn = functools.partial(_tf_autoaugment, index=index, magnitude=m, sign=sign)
+            jax_fn = jax_augment.autoaugment_branches(shape, m, sign)[index]
+            yield f"AutoAugment {op}", tf_fn, jax_fn, int(op in _GEOMETRIC_BILINEAR)
+    for index, op in enumerate((*tables.RAND_AUGMENT_OPS, "identity")):
+        for sign, level in RAND_AUGMENT_SETTINGS:
+            tf_fn = functools.partial(_tf_rand_augment, index=index, level=level, sign=sign)
+            jax_fn = jax_augment.rand_augment_branches(shape, level, sign, fill=_FILL)[index]
+            yield f"RandAugment {op}", tf_fn, jax_fn, int(op in _GEOMETRIC_BILINEAR)
+
+
+def _tf_autoaugment(image, *, index, magnitude, sign):
+    return augment.autoaugment_op(image, index, magnitude, sign)
+
+
+def _tf_rand_augment(image, *, index, level, sign):
+    return augment.rand_augment_op(image, index, level, sign, fill=_FILL)
+
+
+def policy_agreement(images: np.ndarray) -> list[tuple[str, float, float, int]]:
+    """Rows for every AutoAugment and RandAugment branch: the worst of its settings."""
+    worst: dict[str, tuple[float, float, int]] = {}
+    for name, tf_fn, jax_fn, bound in policy_cases(images.shape[1:]):
+        got = compare(_tf_ops(tf_fn, images), _jax_ops(jax_fn, images))
+        worst[name] = (*max(got, worst.get(name, (0.0, 0.0))[:2]), bound)
+    return [(name, *row) for name, row in worst.items()]
+
+
+def markdown_table(rows: list[tuple[str, float, float, int]]) -> str:
+    lines = [
+        "| op (JAX vs TF, same parameters) | max diff (levels) | values differing | bound tested |",
+        "|---|---|---|---|",
+    ]
+    for name, worst, fraction, bound in rows:
+        lines.append(f"| {name} | {worst:g} | {fraction:.3%} | {bound} |")
+    return "\n".join(lines)
+
+
+def view_throughput(name: str, count: int, batch: int = 256) -> tuple[float, float]:
+    """(JAX images/s, tf.data images/s) of view `name` on `count` random 32x32 images.
+
+    JAX: apply_view jitted over batches of `batch` (compiled first, not timed). tf.data: the
+    view mapped in parallel (AUTOTUNE) and batched, after one warm-up batch.
+    """
+    images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    fn = jax.jit(lambda x, k: jax_augment.apply_view(name, x, k))
+    batches = [jnp.asarray(images[i : i + batch]) for i in range(0, count, batch)]
+    keys = [jax.random.split(jax.random.key(i), b.shape[0]) for i, b in enumerate(batches)]
+    for b, k in zip(batches[:1], keys[:1], strict=True):
+        fn(b, k).block_until_ready()
+    start = time.perf_counter()
+    for b, k in zip(batches, keys, strict=True):
+        fn(b, k).block_until_ready()
+    jax_rate = count / (time.perf_counter() - start)
+
+    view = augment.make_view(name, image_size=32, normalization="cifar")
+    ds = tf.data.Dataset.from_tensor_slices(images).enumerate()
+    ds = ds.map(
+        lambda i, x: view(x, tf.stack([tf.constant(0, tf.int64), i])),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).batch(batch)
+    for _ in ds.take(1):
+        pass
+    start = time.perf_counter()
+    for _ in ds:
+        pass
+    tf_rate = count / (time.perf_counter() - start)
+    return jax_rate, tf_rate
+
+
+_START = "<!-- jax_augment_check: start -->"
+_END = "<!-- jax_augment_check: end -->"
+
+
+def write_table(table: str, path: pathlib.Path) -> None:
+    """Replace the text between the markers in `path` with `table`."""
+    text = path.read_text()
+    head, rest = text.split(_START, 1)
+    _, tail = rest.split(_END, 1)
+    path.write_text(f"{head}{_START}\n{table}\n{_END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="update docs/data.md's table")
+    parser.add_argument("--speed_images", type=int, default=2048, help="0: skip the timing")
+    args = parser.parse_args(argv)
+    tf.config.set_visible_devices([], "GPU")
+    images = check_images()
+    rows = op_agreement(images) + policy_agreement(images)
+    table = markdown_table(rows)
+    print(table)
+    over = [r for r in rows if r[1] > r[3]]
+    if over:
+        print("over their bound:", ", ".join(r[0] for r in over))
+    if args.write:
+        write_table(table, pathlib.Path(__file__).resolve().parents[2] / "docs" / "data.md")
+    if args.speed_images:
+        print("| view | JAX images/s | tf.data images/s | JAX / tf.data |")
+        print("|---|---|---|---|")
+        for name in jax_augment.JAX_VIEWS:
+            jax_rate, tf_rate = view_throughput(name, args.speed_images)
+            print(f"| {name} | {jax_rate:.0f} | {tf_rate:.0f} | {jax_rate / tf_rate:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
