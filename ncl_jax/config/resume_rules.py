@@ -43,6 +43,7 @@ MATHS_FIELDS = (
     "dataset.key_view",
     "dataset.eval_view",
     "dataset.normalization",
+    "dataset.on_bad_file",  # skip leaves files out of the training set
     "dataset.shuffle_buffer",  # the order of a streamed dataset
     "model.backbone",
     "model.num_experts",
