@@ -7,9 +7,11 @@ XLA counts a convolution's multiply-adds only where the kernel tap falls inside 
 count k*k*Cin*Cout*Hout*Wout of papers' tables is checked against the published numbers
 (ResNet-32 about 69 M, ResNet-50 4.1 G multiply-adds), which checks the layer lists."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from ncl_jax.config.model_cost import COST_KEYS, ensemble_forward_cost, model_cost
+from ncl_jax.config.model_cost import COST_KEYS, ensemble_forward_cost, lowered_flops, model_cost
 from ncl_jax.models import Expert
 from tests.tiny import IMAGE, NUM_CLASSES, tiny_config
 
@@ -73,6 +75,17 @@ def _hand_count(layers, features, classes):
         elements += out * out * cout
     macs = features * classes
     return params, conventional + macs, valid + macs, elements
+
+
+def test_a_matrix_product_is_two_flops_per_multiply_add_and_no_analysis_is_none(monkeypatch):
+    a, b = jax.ShapeDtypeStruct((2, 3), jnp.float32), jax.ShapeDtypeStruct((3, 5), jnp.float32)
+    assert lowered_flops(jnp.matmul, a, b) == 2 * 2 * 3 * 5
+
+    def unsupported(self):
+        raise NotImplementedError("no cost analysis on this backend")
+
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", unsupported)
+    assert lowered_flops(jnp.matmul, a, b) is None
 
 
 # Forward (inference): BatchNorm with running statistics (subtract, scale, shift), ReLU, the

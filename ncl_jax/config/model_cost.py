@@ -56,7 +56,11 @@ def param_count(tree: Any) -> int:
 def lowered_flops(fn, *args) -> float | None:
     """XLA's flop count of `fn(*args)` as lowered for the default backend (args may be
     jax.ShapeDtypeStruct); None where the backend reports none."""
-    analysis = jax.jit(fn).lower(*args).cost_analysis()
+    lowered = jax.jit(fn).lower(*args)
+    try:
+        analysis = lowered.cost_analysis()
+    except (NotImplementedError, RuntimeError):  # a backend without cost analysis: no count,
+        return None  # rather than a training run that cannot start
     if isinstance(analysis, list | tuple):  # older JAX versions: one dict per device
         analysis = analysis[0] if analysis else None
     flops = (analysis or {}).get("flops")
