@@ -24,6 +24,7 @@ return one, so a damaged or pre-guard checkpoint cannot be resumed or evaluated 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging as logging_lib
 import os
@@ -57,6 +58,8 @@ STORAGE_ERRNOS = frozenset(
 # TensorStore reports them inside a ValueError: "... [os_error_code='28']".
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 TRACEBACK_FILE = "error_traceback.txt"
+# The meta field holding state_digest(state) (absent in checkpoints of older versions).
+DIGEST_KEY = "state_sha256"
 
 
 class SaveFailed(CheckpointError):
@@ -169,6 +172,18 @@ def shape_mismatch(restored: Any, target: Any) -> str | None:
         f"{len(differ)} arrays differ, e.g. {first.lstrip('.')}: saved {saved.get(first)}, "
         f"the config needs {wanted.get(first)}"
     )
+
+
+def state_digest(state: Any) -> dict[str, str]:
+    """{array path: SHA-256 of its bytes} of a host state tree. Saved in each checkpoint's
+    meta (DIGEST_KEY) and compared on restore, so bytes that rot on disk into other finite
+    values are caught; the cost per checkpoint is in docs/performance.md."""
+    return {
+        jax.tree_util.keystr(path): hashlib.sha256(
+            np.ascontiguousarray(np.asarray(leaf)).tobytes()
+        ).hexdigest()
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
 
 
 def write_json_atomically(path: epath.PathLike, value: Any) -> None:
@@ -394,6 +409,7 @@ class RunCheckpoints:
                 f"refused to save a state with non-finite values ({NONFINITE}) at step {step} "
                 f"({kind}). {self.newest_finite_hint()}"
             )
+        meta = {**meta, DIGEST_KEY: state_digest(host_state)}
         nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
         self._pending.append((kind, step, nbytes))
         try:
@@ -448,7 +464,22 @@ class RunCheckpoints:
             raise CheckpointError(
                 f"checkpoint {where} holds non-finite values (NaN, Inf or |x| >= 2^64); {hint}"
             )
-        return restored["state"], dict(restored["meta"])
+        meta = dict(restored["meta"])
+        saved_digest = meta.pop(DIGEST_KEY, None)  # None: saved before digests were written
+        if saved_digest is not None:
+            read = state_digest(restored["state"])
+            differ = [
+                k
+                for k in sorted(set(saved_digest) | set(read))
+                if saved_digest.get(k) != read.get(k)
+            ]
+            if differ:
+                raise CheckpointError(
+                    f"checkpoint {where} is damaged: {len(differ)} of its arrays do not match "
+                    f"the SHA-256 digest written when it was saved (e.g. {differ[0].lstrip('.')}); "
+                    f"{hint}"
+                )
+        return restored["state"], meta
 
     def restore_selected(self, which: str | int | None, target: Any) -> tuple[str, int, Any, dict]:
         """(kind, step, state, meta) of `select(which)`, restored. When a running training
