@@ -110,7 +110,7 @@ RANGES: dict[str, Range] = {
     "dataset.imbalance_factor": Range(1, special=(0,)),  # 0 keeps the split as it is
     "dataset.subset_seed": NON_NEGATIVE,
     "dataset.image_size": AT_LEAST_1,
-    "dataset.eval_max_examples": AUTO_OR_AT_LEAST_1,
+    "dataset.eval_max_examples": Range(0, special=(-1,)),  # -1 or 0: every example
     "dataset.shuffle_buffer": AT_LEAST_1,
     "dataset.prefetch": NON_NEGATIVE,
     "dataset.num_parallel_calls": AUTO_OR_AT_LEAST_1,
