@@ -112,7 +112,7 @@ RANGES: dict[str, Range] = {
     "dataset.imbalance_factor": Range(1, special=(0,)),  # 0 keeps the split as it is
     "dataset.subset_seed": NON_NEGATIVE,
     "dataset.image_size": AT_LEAST_1,
-    "dataset.eval_max_examples": AUTO_OR_AT_LEAST_1,
+    "dataset.eval_max_examples": Range(0, special=(-1,)),  # -1 or 0: every example
     "dataset.shuffle_buffer": AT_LEAST_1,
     "dataset.prefetch": NON_NEGATIVE,
     "dataset.num_parallel_calls": AUTO_OR_AT_LEAST_1,
@@ -138,7 +138,7 @@ RANGES: dict[str, Range] = {
     "optim.warmup_epochs": NON_NEGATIVE,
     "optim.warmup_factor": Range(0, 1, low_open=True),
     "optim.milestones": AT_LEAST_1,
-    "optim.decay_factor": Range(0, 1, low_open=True),
+    "optim.decay_factor": POSITIVE,  # > 1 grows the rate (tests provoke divergence so)
     "optim.cosine_min_lr": NON_NEGATIVE,
 }
 
