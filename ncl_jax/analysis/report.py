@@ -239,9 +239,11 @@ def to_markdown(fields: list[str], rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         "Accuracy %, mean ± sample std over the finished runs (seeds). `last_*`: final epoch; "
-        f"`best_*`: the best epoch of that model, selected on the `{split}` split (as the paper "
-        "and the official code do). `single`: the best expert; `experts_mean`: the mean over "
-        "the experts. `params`: the K experts' parameters; `*_gflops`: XLA's GFLOPs per image "
+        "`best_*`: the best epoch of that model, selected on "
+        + (f"the `{split}` split" if split else "the evaluation split")
+        + " (as the paper and the official code do). `single`: the best expert; "
+        "`experts_mean`: the mean over the experts. `params`: the K experts' parameters; "
+        "`*_gflops`: XLA's GFLOPs per image "
         "(a multiply-add counts 2) of the ensemble's forward and of a train step. report.csv "
         "has every column."
     )
