@@ -136,13 +136,13 @@ def test_a_split_list_names_its_bad_file_and_counts_them_all(tmp_path, capsys):
 
 
 def test_an_image_of_the_wrong_size_for_the_eval_view_is_refused_before_training(folder, capsys):
-    """The reported case: a 4000x3000 photo among 32x32 CIFAR images (here 40x30 among 8x8)."""
+    """The reported case: a 4000x3000 photo among small images that the CIFAR test view takes
+    as they are (8x8 here, 32x32 in CIFAR); only its header is read."""
     path = os.path.join(folder.image_root, "test", "c0", "big.jpg")
-    with open(path, "wb") as f:
-        f.write(image_bytes("JPEG", height=30, width=40))
+    Image.new("RGB", (4000, 3000)).save(path, format="JPEG")
     line = one_error_line(capsys, lambda: data.get_dataset_info(folder))
     assert (
-        f"{path} is 40x30 pixels but view 'cifar_test' takes exactly 8x8 (dataset.eval_view, "
+        f"{path} is 4000x3000 pixels but view 'cifar_test' takes exactly 8x8 (dataset.eval_view, "
         "dataset.image_size=8)"
     ) in line
     folder.eval_view = "resize_center_crop"  # a view that resizes takes it

@@ -330,7 +330,11 @@ def test_class_names_come_from_the_source(tmp_path):
         tmp_path, ["train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "test/dog/3.png"]
     )
     cfg = dataset_config(
-        source="image_folder", image_root=str(tmp_path), num_classes=2, imbalance_factor=0.0
+        source="image_folder",
+        image_root=str(tmp_path),
+        num_classes=2,
+        imbalance_factor=0.0,
+        image_size=8,  # the images' size, which the CIFAR views take
     )
     assert datasets.class_names(cfg) == ("cat", "dog")
     assert datasets.get_dataset_info(cfg).class_names == ("cat", "dog")
