@@ -27,6 +27,7 @@ import logging as logging_lib
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -180,6 +181,39 @@ def shape_mismatch(restored: Any, target: Any) -> str | None:
         f"{len(differ)} arrays differ, e.g. {first.lstrip('.')}: saved {saved.get(first)}, "
         f"the config needs {wanted.get(first)}"
     )
+
+
+def _is_late_read(unraisable) -> bool:
+    """Whether an unraisable exception is asyncio's 'Event loop is closed' raised in
+    call_soon_threadsafe: TensorStore delivering, after Orbax gave up a restore on its first
+    failed read and closed that restore's event loop, the results of its other reads."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return (
+        isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and tb is not None
+        and tb.tb_frame.f_code.co_name == "_check_closed"
+        and "asyncio" in tb.tb_frame.f_code.co_filename
+    )
+
+
+def _drop_late_reads_of_failed_restores() -> None:
+    """Silences the dozens of 'Event loop is closed' tracebacks (sys.unraisablehook) that
+    follow a restore of a damaged checkpoint (_is_late_read); the restore has already failed
+    with its own message, and nothing else reaches the closed loop. Other unraisable
+    exceptions go to the previous hook. Installed once, at the first failed restore."""
+    previous = sys.unraisablehook
+    if getattr(previous, "ncl_drops_late_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _is_late_read(unraisable):
+            previous(unraisable)
+
+    hook.ncl_drops_late_reads = True
+    sys.unraisablehook = hook
 
 
 def state_digest(state: Any) -> dict[str, str]:
@@ -396,6 +430,7 @@ class RunCheckpoints:
                 ),
             )
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            _drop_late_reads_of_failed_restores()
             if self._removed(kind, step):
                 raise CheckpointRemoved(
                     f"checkpoint {where} was removed while it was being read: a training run "
