@@ -11,7 +11,14 @@ Layout under the workdir:
 Each checkpoint holds two items: `state` (the unreplicated TrainState as host arrays, so it
 restores on any device count) and `meta` (JSON: `step`; `epoch`, the number of whole epochs
 completed at that step, for every kind, so a SIGTERM checkpoint taken mid-epoch e (0-based)
-records e; `best`; `last_eval`; `best_evals`, the whole evaluation at each best epoch).
+records e; `best`; `last_eval`; `best_evals`, the whole evaluation at each best epoch;
+`eval_pending`, true for an end-of-epoch checkpoint saved before that epoch's evaluation;
+`state_sha256`, the SHA-256 of every array, checked on restore and not returned).
+
+A save that fails for lack of space or rights (STORAGE_ERRNOS) raises SaveFailed, one line
+naming the checkpoint, the space it needs and has, and the newest good checkpoint, with the
+traceback in WORKDIR/error_traceback.txt; Orbax's uncommitted directory of that step is
+ignored, and the rerun resumes from the newest committed one.
 
 No checkpoint ever holds a non-finite value (NaN, Inf, or |x| >= 2^64, which only a diverged
 update produces; `metrics.all_finite`): `save` refuses such a state and `restore` refuses to
