@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -446,3 +447,51 @@ def test_the_digest_covers_every_array_by_its_path():
     }
     changed = {"a": np.array([0, 1, 2.0000002], np.float32), "b": {"c": np.int32(7)}}
     assert checkpointing.state_digest(changed)["['a']"] != digest["['a']"]
+
+
+def test_a_truncated_checkpoint_is_skipped_without_event_loop_tracebacks(tmp_path, monkeypatch):
+    """Orbax gives up a restore at its first failed read; TensorStore then delivers the other
+    reads to the closed event loop, which Python printed as dozens of tracebacks (through
+    sys.unraisablehook, recorded here)."""
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    rng = np.random.default_rng(0)
+    tree = {f"a{i:03d}": rng.normal(size=(4000,)).astype(np.float32) for i in range(100)}
+    checkpoints = RunCheckpoints(str(tmp_path))
+    for step in (1, 2):
+        checkpoints.save("checkpoints", step, tree, {"step": step})
+    checkpoints.wait()
+    files = [p for p in (tmp_path / "checkpoints" / "2").rglob("*") if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="checkpoints/2 cannot be read"):
+        checkpoints.restore("checkpoints", 2, tree)
+    assert checkpoints.restore("checkpoints", 1, tree)[1]["step"] == 1
+    checkpoints.close()
+    assert [str(u.exc_value) for u in reported] == []
+
+
+def test_only_the_late_reads_of_a_failed_restore_are_silenced(monkeypatch):
+    import asyncio
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    loop_ = asyncio.new_event_loop()
+    loop_.close()
+    try:
+        loop_.call_soon_threadsafe(print)
+    except RuntimeError as err:
+        late = err
+    other = RuntimeError("Event loop is closed")  # raised elsewhere: still reported
+    checkpointing._drop_late_reads_of_failed_restores()
+    for exc in (late, other):
+        sys.unraisablehook(
+            types.SimpleNamespace(
+                exc_type=RuntimeError,
+                exc_value=exc,
+                exc_traceback=exc.__traceback__,
+                err_msg=None,
+                object=None,
+            )
+        )
+    assert [u.exc_value for u in reported] == [other]

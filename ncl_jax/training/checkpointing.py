@@ -14,7 +14,14 @@ Layout under the workdir:
 Each checkpoint holds two items: `state` (the unreplicated TrainState as host arrays, so it
 restores on any device count) and `meta` (JSON: `step`; `epoch`, the number of whole epochs
 completed at that step, for every kind, so a SIGTERM checkpoint taken mid-epoch e (0-based)
-records e; `best`; `last_eval`; `best_evals`, the whole evaluation at each best epoch).
+records e; `best`; `last_eval`; `best_evals`, the whole evaluation at each best epoch;
+`eval_pending`, true for an end-of-epoch checkpoint saved before that epoch's evaluation;
+`state_sha256`, the SHA-256 of every array, checked on restore and not returned).
+
+A save that fails for lack of space or rights (STORAGE_ERRNOS) raises SaveFailed, one line
+naming the checkpoint, the space it needs and has, and the newest good checkpoint, with the
+traceback in WORKDIR/error_traceback.txt; Orbax's uncommitted directory of that step is
+ignored, and the rerun resumes from the newest committed one.
 
 No checkpoint ever holds a non-finite value (NaN, Inf, or |x| >= 2^64, which only a diverged
 update produces; `metrics.all_finite`): `save` refuses such a state and `restore` refuses to
@@ -30,6 +37,7 @@ import logging as logging_lib
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -172,6 +180,39 @@ def shape_mismatch(restored: Any, target: Any) -> str | None:
         f"{len(differ)} arrays differ, e.g. {first.lstrip('.')}: saved {saved.get(first)}, "
         f"the config needs {wanted.get(first)}"
     )
+
+
+def _is_late_read(unraisable) -> bool:
+    """Whether an unraisable exception is asyncio's 'Event loop is closed' raised in
+    call_soon_threadsafe: TensorStore delivering, after Orbax gave up a restore on its first
+    failed read and closed that restore's event loop, the results of its other reads."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return (
+        isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and tb is not None
+        and tb.tb_frame.f_code.co_name == "_check_closed"
+        and "asyncio" in tb.tb_frame.f_code.co_filename
+    )
+
+
+def _drop_late_reads_of_failed_restores() -> None:
+    """Silences the dozens of 'Event loop is closed' tracebacks (sys.unraisablehook) that
+    follow a restore of a damaged checkpoint (_is_late_read); the restore has already failed
+    with its own message, and nothing else reaches the closed loop. Other unraisable
+    exceptions go to the previous hook. Installed once, at the first failed restore."""
+    previous = sys.unraisablehook
+    if getattr(previous, "ncl_drops_late_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _is_late_read(unraisable):
+            previous(unraisable)
+
+    hook.ncl_drops_late_reads = True
+    sys.unraisablehook = hook
 
 
 def state_digest(state: Any) -> dict[str, str]:
@@ -443,6 +484,7 @@ class RunCheckpoints:
                 ),
             )
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            _drop_late_reads_of_failed_restores()
             if self._removed(kind, step):
                 raise CheckpointRemoved(
                     f"checkpoint {where} was removed while it was being read: a training run "

@@ -3,11 +3,12 @@
 Resumes automatically from the newest readable, finite checkpoint in the workdir (same epoch,
 step, data position and RNG, so a killed run ends with exactly the parameters of an
 uninterrupted one), or from an explicit `resume_step`; checkpoints newer than the resume point
-are moved aside, never deleted. Evaluates every `eval_every_epochs`, keeps best-by-ensemble and
-best-by-single checkpoints (selected on the evaluation split, as the official code does), stops
-cleanly on SIGTERM with a checkpoint, and stops as soon as a step's loss or new state holds a
-NaN/Inf (or a value of 2^64 or more, which only a diverged update produces), without saving
-that state.
+are moved aside, never deleted. Evaluates every `eval_every_epochs`, after the epoch's
+checkpoint is committed, keeps best-by-ensemble and best-by-single checkpoints (selected on the
+evaluation split, as the official code does), stops cleanly on SIGTERM or Ctrl-C with a
+checkpoint, and stops as soon as a step's loss or new state holds a NaN/Inf (or a value of 2^64
+or more, which only a diverged update produces), without saving that state. Holds
+WORKDIR/train.lock while it runs (workdir_lock).
 """
 
 from __future__ import annotations
