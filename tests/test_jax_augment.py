@@ -152,6 +152,14 @@ def test_standard_view_is_a_padded_crop_of_the_image_or_its_mirror():
         assert found
 
 
+def test_raw_uint32_keys_act_as_their_typed_keys():
+    raw = jax.random.split(jax.random.PRNGKey(3), 8)  # [8, 2] uint32
+    fn = jax.jit(lambda x, k: jax_augment.apply_view("cifar_standard", x, k))
+    got = np.asarray(fn(jnp.asarray(IMAGES), raw))
+    want = np.asarray(fn(jnp.asarray(IMAGES), jax.random.wrap_key_data(raw)))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_moco_view_is_gray_one_time_in_five():
     image = np.repeat(IMAGES[1:2], 800, axis=0)[:, :16, :16]  # a colourful 16x16 image
     pixels = _check_view("moco_cifar", image)

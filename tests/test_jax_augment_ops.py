@@ -37,6 +37,20 @@ def test_policy_branches_match_tf_policy_ops():
         assert np.abs(got - want).max() <= bound, name
 
 
+def test_blend_rounds_as_pil_for_every_pair_of_levels_when_jitted():
+    # PIL/TF: floor(d + fl(f * (x - d))) in float32, two roundings; compiled, XLA would fuse
+    # them into one FMA unless the op prevents it. All 65,536 (d, x) pairs, factors of the
+    # policies and random ones.
+    d = np.repeat(np.arange(256, dtype=np.float32), 256)
+    x = np.tile(np.arange(256, dtype=np.float32), 256)
+    blend = jax.jit(ops.blend)
+    factors = np.float32([0.1, 0.3, 1.0 + 0.9 * 7 / 9, 1.9, 0.6 + 0.8 * 0.37])
+    for f in np.concatenate([factors, np.random.default_rng(0).uniform(0, 2, 20)]):
+        f = np.float32(f)
+        want = np.clip(np.floor(d + (f * (x - d)).astype(np.float32)), 0, 255)
+        np.testing.assert_array_equal(np.asarray(blend(d, x, f)), want, err_msg=str(f))
+
+
 def test_autocontrast_matches_pil_where_float64_rounds_down():
     # Inputs where PIL's float64 formula int(i * 255 / (hi - lo) - lo * 255 / (hi - lo)) lands
     # one level below the exact quotient: the JAX op must reproduce PIL there too.

@@ -161,10 +161,25 @@ def grayscale(image: jax.Array) -> jax.Array:
     return luma.astype(jnp.float32)
 
 
+def _rounded_product(factor: jax.Array, values: jax.Array) -> jax.Array:
+    """float32 factor * values, rounded once, for integer-valued |values| < 256.
+
+    Written so that XLA cannot change the rounding: compiled, XLA fuses `d + f * v` into one
+    fused multiply-add (one rounding where TF and PIL round the product and then the sum),
+    which moves a truncated blend by one level in about 0.5% of pixels. Splitting f into its
+    top 16 significant bits and the rest makes both partial products exact (16 + 8 and 8 + 8
+    bits), so fusing them changes nothing, and their one sum is the correctly rounded product.
+    """
+    bits = jax.lax.bitcast_convert_type(factor, jnp.int32)
+    high = jax.lax.bitcast_convert_type(bits & ~0xFF, jnp.float32)
+    low = factor - high  # exact (Sterbenz)
+    return high * values + low * values
+
+
 def blend(degenerate: jax.Array, image: jax.Array, factor: Scalar) -> jax.Array:
     """PIL Image.blend: degenerate + factor * (image - degenerate), truncated to 8 bits."""
     factor = jnp.asarray(factor, jnp.float32)
-    return _floor_clip(degenerate + factor * (image - degenerate))
+    return _floor_clip(degenerate + _rounded_product(factor, image - degenerate))
 
 
 def adjust_brightness(image: jax.Array, factor: Scalar) -> jax.Array:
