@@ -12,6 +12,7 @@ from ncl_jax.core.losses import ANCHORS, DISTILL_NORMS, HARD_PROBS, NIL_HARD_SET
 from ncl_jax.core.metrics import AGGREGATIONS
 from ncl_jax.core.moco import KEY_INITS
 from ncl_jax.core.optim import SCHEDULES
+from ncl_jax.data.device_pipeline import PIPELINES
 from ncl_jax.data.long_tail import GROUP_RULES
 from ncl_jax.data.normalization import NORMALIZATION
 from ncl_jax.errors import ConfigError
@@ -34,6 +35,7 @@ CHOICES: dict[str, tuple] = {
     "group_rule": GROUP_RULES,
     "eval_aggregation": AGGREGATIONS,
     "dataset.normalization": tuple(NORMALIZATION),
+    "dataset.pipeline": PIPELINES,
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ncl_jax.data import file_sources, sources
+from ncl_jax.data import cache, file_sources
 from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
 from ncl_jax.data.splits import IndexedSplit, StreamedSplit
 from ncl_jax.errors import ConfigError, DataError
@@ -51,6 +51,7 @@ _KEY_FIELDS = (
     "train_list",
     "eval_list",
     "image_root",
+    "cache_path",
 )
 _RESOLVED: dict[tuple, ResolvedDataset] = {}
 
@@ -67,8 +68,10 @@ def resolve(cfg: Any) -> ResolvedDataset:
         return _RESOLVED[key]
     if cfg.num_classes < 1:
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} must be >= 1.")
-    sources.download_mode(cfg.download)  # a bad value fails whatever the source
+    if cfg.source != cache.SOURCE:  # a cache is read with numpy alone: no TensorFlow
+        _sources().download_mode(cfg.download)  # a bad value fails whatever the source
     readers = {
+        cache.SOURCE: _resolve_cache,
         "tfds": _resolve_tfds,
         "split_list": _resolve_split_list,
         "image_folder": _resolve_image_folder,
@@ -94,15 +97,26 @@ def resolve(cfg: Any) -> ResolvedDataset:
     return resolved
 
 
+def _sources():
+    """ncl_jax.data.sources, imported lazily: it loads TensorFlow, which a cache source and
+    the file sources do not need (accelerator images may lack it)."""
+    from ncl_jax.data import sources  # lazy: TensorFlow only for TFDS sources
+
+    return sources
+
+
 def class_names(cfg: Any) -> tuple[str, ...] | None:
     """Class names by label, read without decoding any image: the TFDS builder's label names
     or the training folder's class folders; None for split lists, which carry numbers only.
     Raises what `resolve` raises for a source that cannot be opened (it may download like
     `resolve`: pass dataset.download=False to forbid that)."""
     if cfg.source == "tfds":
+        sources = _sources()
         builder = sources.open_builder(cfg)
         sources.check_builder(builder, cfg)
         return _label_names(builder)
+    if cfg.source == cache.SOURCE:
+        return cache.read_cache(cfg.cache_path).class_names
     if cfg.source == "image_folder" and cfg.image_root:
         return tuple(file_sources.folder_split(os.path.join(cfg.image_root, cfg.train_split))[1])
     return None
@@ -143,7 +157,26 @@ def _check_labels(split: IndexedSplit, num_classes: int, where: str) -> None:
         )
 
 
+def _resolve_cache(cfg: Any):
+    """The training rows and evaluation set of a prepared cache (ncl_jax/data/cache.py), whose
+    subset parameters must match the config's (the rows are already long-tailed)."""
+    prepared = cache.read_cache(cfg.cache_path)
+    prepared.check_matches(cfg)
+    train = IndexedSplit(
+        labels=prepared.train_labels,
+        rows=np.arange(len(prepared.train_labels), dtype=np.int64),
+        images=prepared.train_images,
+    )
+    evals = IndexedSplit(
+        labels=prepared.eval_labels,
+        rows=np.arange(len(prepared.eval_labels), dtype=np.int64),
+        images=prepared.eval_images,
+    )
+    return train, evals, _counts(train, cfg.num_classes), prepared.class_names
+
+
 def _resolve_tfds(cfg: Any):
+    sources = _sources()
     builder = sources.open_builder(cfg)
     sources.check_builder(builder, cfg)
     if cfg.name in sources.IN_MEMORY_BUILDERS:

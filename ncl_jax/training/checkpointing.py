@@ -50,6 +50,7 @@ RESUMABLE_FIELDS = (
     "dataset.prefetch",
     "dataset.num_parallel_calls",
     "dataset.cache",
+    "dataset.cache_path",
     "dataset.eval_max_examples",
     "model.expert_strategy",
     "preset_variant",

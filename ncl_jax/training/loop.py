@@ -20,7 +20,6 @@ import time
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import traverse_util
 
 from ncl_jax import data
@@ -32,6 +31,7 @@ from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.evaluation.evaluate import eval_batches, evaluation_counts
 from ncl_jax.evaluation.plots import per_class_image
 from ncl_jax.training.checkpointing import RunCheckpoints, write_json_atomically
+from ncl_jax.training.writers import create_progress, create_writer
 
 # Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
 # is unfinished).
@@ -74,6 +74,7 @@ def train_and_evaluate(
     (metrics.all_finite)."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
+    data.resolve_pipeline(config.dataset)  # an impossible pipeline fails before any file too
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
     checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
@@ -104,11 +105,17 @@ def train_and_evaluate(
     p_train, p_eval = pmap_train_step(step_cfg), pmap_eval_counts_step(step_cfg)
     group_masks = info.group_masks(config.group_rule)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    tensorflow_free = not data.needs_tensorflow(config.dataset)
+    writer = create_writer(
+        workdir, just_logging=jax.process_index() > 0, tensorflow_free=tensorflow_free
+    )
     if step == 0:
         writer.write_hparams(_hparams(config))
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps
+    progress = create_progress(
+        writer,
+        num_train_steps=total_steps,
+        every_steps=config.log_every_steps,
+        tensorflow_free=tensorflow_free,
     )
     best = dict(meta.get("best", {"ensemble": -1.0, "single": -1.0}))
     last_eval: dict = meta.get("last_eval", {})
