@@ -20,7 +20,7 @@ from ncl_jax.data.splits import IndexedSplit
 FAKE_VIEWS = ("cifar_autoaugment", "cifar_randaugment", "moco_cifar", "cifar_test")
 
 
-def fake_apply_view(name, images, keys):
+def fake_apply_view(name, images, keys, *, normalization):
     """pixels / 255 plus one uniform number per example from its key (and 1 for the second
     view's name), so a wrong key or image shows in every pixel."""
     noise = jax.vmap(lambda k: jax.random.uniform(k))(keys)

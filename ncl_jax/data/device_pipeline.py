@@ -41,7 +41,8 @@ from ncl_jax.errors import ConfigError, DataError
 PIPELINES = ("auto", "tfdata", "device")
 # `auto` moves a dataset onto the accelerators only if its images fit in this many bytes.
 DEVICE_DATA_LIMIT_BYTES = 1 << 30
-# The JAX views: JAX_VIEWS and apply_view(name, uint8 [N, H, W, 3], keys [N]) -> float32.
+# The JAX views: JAX_VIEWS and apply_view(name, uint8 [N, H, W, 3], keys [N], *,
+# normalization) -> float32 [N, H, W, 3], normalised as the tf.data views.
 VIEW_MODULE = "ncl_jax.data.jax_augment"
 
 Batch = dict[str, Any]
@@ -150,14 +151,18 @@ def _example_keys(seed_epoch: jax.Array, positions: jax.Array, view: int) -> jax
 
 
 @functools.cache
-def _gather_and_augment(names: tuple[str, ...], apply_view: Callable, devices: tuple):
+def _gather_and_augment(
+    names: tuple[str, ...], apply_view: Callable, normalization: str, devices: tuple
+):
     """pmap of (images [M, ...], indices [b], positions [b], seed_epoch [2]) -> one array
-    per view, float32 [b, H, W, 3]; view i gets the keys of index i."""
+    per view, float32 [b, H, W, 3], normalised; view i gets the keys of index i."""
 
     def per_device(images, indices, positions, seed_epoch):
         pixels = images[indices]
         return tuple(
-            apply_view(name, pixels, _example_keys(seed_epoch, positions, i))
+            apply_view(
+                name, pixels, _example_keys(seed_epoch, positions, i), normalization=normalization
+            )
             for i, name in enumerate(names)
         )
 
@@ -207,7 +212,7 @@ def train_iterator(
     seed_epoch = _seed_epoch(seed, epoch)
     devices = _local_devices(num_local_devices)
     images = _on_devices(data.train, devices)
-    step_fn = _gather_and_augment(names, view_module.apply_view, devices)
+    step_fn = _gather_and_augment(names, view_module.apply_view, cfg.normalization, devices)
     shape = (shard.num_steps, num_local_devices, shard.per_process // num_local_devices)
     positions = shard.positions()
     indices = epoch_order(seed, epoch, len(data.train))[positions]
@@ -241,7 +246,10 @@ def eval_iterator(
     shard = dataclasses.replace(shard, last_step=-(-total // global_batch_size))
     devices = _local_devices(num_local_devices)
     images = _on_devices(data.eval, devices)
-    step_fn = _gather_and_augment((cfg.eval_view,), _view_module().apply_view, devices)
+    view_module = _view_module()
+    step_fn = _gather_and_augment(
+        (cfg.eval_view,), view_module.apply_view, cfg.normalization, devices
+    )
     shape = (shard.num_steps, num_local_devices, shard.per_process // num_local_devices)
     positions = shard.positions()
     mask = positions < total
