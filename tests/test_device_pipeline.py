@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 
 from ncl_jax import data
+from ncl_jax.config.base import get_base_config
 from ncl_jax.data import cache, datasets, device_pipeline
+from ncl_jax.data.datasets import ResolvedDataset
+from ncl_jax.data.long_tail import DatasetInfo
+from ncl_jax.data.splits import IndexedSplit
 from ncl_jax.errors import ConfigError, DataError
-from tests.device_helpers import install_fake_views, read_ids, write_tiny_cache
+from tests.device_helpers import id_images, install_fake_views, read_ids, write_tiny_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SEED, EPOCH = 7, 3
@@ -97,14 +101,14 @@ def test_cache_refuses_damage_a_missing_file_overwriting_and_another_subset(cfg,
 
 
 def test_batches_follow_the_epoch_order_with_one_key_per_example_and_view(cfg):
-    (first, *_) = _train(cfg, devices=2)
+    (first, *_) = _train(cfg, devices=8)
     order = np.random.default_rng([SEED, EPOCH]).permutation(60)  # the tf.data epoch order
     ids = order[:16]
     np.testing.assert_array_equal(read_ids(first["image"]).reshape(-1), ids)
     np.testing.assert_array_equal(read_ids(first["key_image"]).reshape(-1), ids)
     labels = cache.read_cache(cfg.cache_path).train_labels
     np.testing.assert_array_equal(np.asarray(first["label"]).reshape(-1), labels[ids])
-    assert first["image"].shape == (2, 8, 8, 8, 3) and first["image"].dtype == np.float32
+    assert first["image"].shape == (8, 2, 8, 8, 3) and first["image"].dtype == np.float32
     base = jax.random.fold_in(jax.random.key(SEED), EPOCH)
     for view, field, shift in ((0, "image", 0.0), (1, "key_image", 1.0)):
         keys = [jax.random.fold_in(jax.random.fold_in(base, p), view) for p in range(16)]
@@ -154,7 +158,7 @@ def test_pipeline_choice(cfg, monkeypatch):
     cfg.train_view = "imagenet_randaugment"
     with pytest.raises(ConfigError, match="'imagenet_randaugment' has no JAX implementation"):
         device_pipeline.resolve_pipeline(cfg)
-    tfds = data_config_tfds()
+    tfds = get_base_config().dataset
     assert device_pipeline.resolve_pipeline(tfds) == "tfdata"  # auto on a CPU keeps tf.data
     monkeypatch.delitem(sys.modules, device_pipeline.VIEW_MODULE)
     monkeypatch.setattr(device_pipeline, "VIEW_MODULE", "ncl_jax.data.no_such_views")
@@ -163,16 +167,10 @@ def test_pipeline_choice(cfg, monkeypatch):
         device_pipeline.resolve_pipeline(cfg)
 
 
-def data_config_tfds():
-    from ncl_jax.config.base import get_base_config
-
-    return get_base_config().dataset
-
-
 # Runs a program in-process with the stand-in JAX views installed, then reports whether
 # TensorFlow was loaded. (Not blocked by an import hook as in test_benchmark.py: Orbax's
 # paths ask importlib whether TensorFlow is installed, and a hook cannot answer "no".)
-_NO_TF = """
+_REPORT_TF = """
 import runpy, sys
 from ncl_jax.data.device_pipeline import VIEW_MODULE
 from tests.device_helpers import fake_view_module
@@ -189,7 +187,7 @@ print("TF_LOADED", "tensorflow" in sys.modules, file=sys.stderr)
 def _run_without_tensorflow(program: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-c", _NO_TF, program, *args],
+        [sys.executable, "-c", _REPORT_TF, program, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -223,3 +221,34 @@ def test_training_evaluation_and_analysis_from_a_cache_import_no_tensorflow(tmp_
     assert "ensemble" in evaluated.stdout
     _run_without_tensorflow("ncl_jax.analyze", f"--workdir={workdir}", f"--out={out}")
     assert (out / "analysis.json").is_file()
+
+
+def test_cache_stores_the_subset_rows_in_subset_order(tmp_path):
+    # As a TFDS in-memory split after the long-tailed subset: storage rows chosen and reordered.
+    storage = id_images(np.arange(20))
+    rows = np.array([7, 3, 19, 0, 11, 4], np.int64)
+    labels = np.array([0, 0, 1, 1, 1, 0], np.int64)
+    train = IndexedSplit(labels=labels, rows=rows, images=storage)
+    evals = IndexedSplit(labels=labels[:2], rows=np.array([5, 6]), images=storage)
+    info = DatasetInfo("x", 2, np.array([3, 3]), 6, 2, None)
+    cfg = get_base_config().dataset
+    cfg.num_classes = 2
+    cache.write_cache(str(tmp_path / "x.npz"), ResolvedDataset(info, train, evals), cfg)
+    prepared = cache.read_cache(str(tmp_path / "x.npz"))
+    np.testing.assert_array_equal(prepared.train_images, storage[rows])
+    np.testing.assert_array_equal(prepared.eval_images, storage[[5, 6]])
+    np.testing.assert_array_equal(prepared.train_labels, labels)
+    assert prepared.class_names is None and prepared.params["num_classes"] == 2
+
+
+def test_the_device_pipeline_refuses_a_dataset_read_from_files(monkeypatch):
+    install_fake_views(monkeypatch)
+    files = IndexedSplit(
+        labels=np.zeros(2, np.int64), rows=np.arange(2), paths=np.array(["a", "b"])
+    )
+    info = DatasetInfo("folder", 2, np.array([1, 1]), 2, 2, None)
+    monkeypatch.setattr(datasets, "resolve", lambda cfg: ResolvedDataset(info, files, files))
+    cfg = get_base_config().dataset
+    cfg.update(source="image_folder", name="folder", pipeline="device")
+    with pytest.raises(ConfigError, match="is read from files: use --config.dataset.pipeline"):
+        device_pipeline.resolve_pipeline(cfg)
