@@ -10,11 +10,13 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from ncl_jax import data
 from ncl_jax.config.base import get_base_config
+from ncl_jax.config.variants import resolve_config
 from ncl_jax.data import cache, datasets, device_pipeline
 from ncl_jax.data.datasets import ResolvedDataset
 from ncl_jax.data.long_tail import DatasetInfo
@@ -252,3 +254,11 @@ def test_the_device_pipeline_refuses_a_dataset_read_from_files(monkeypatch):
     cfg.update(source="image_folder", name="folder", pipeline="device")
     with pytest.raises(ConfigError, match="is read from files: use --config.dataset.pipeline"):
         device_pipeline.resolve_pipeline(cfg)
+
+
+def test_an_older_run_config_gets_the_pipeline_it_was_trained_with():
+    saved = get_base_config().to_dict()
+    del saved["dataset"]["pipeline"], saved["dataset"]["cache_path"]
+    config = resolve_config(ml_collections.ConfigDict(saved))
+    assert config.dataset.pipeline == "auto" and config.dataset.cache_path == ""
+    assert device_pipeline.resolve_pipeline(config.dataset) == "tfdata"  # on this CPU host
