@@ -1,8 +1,8 @@
 """The device-resident input pipeline: an in-memory dataset held on the devices as uint8,
 batched and augmented there in JAX (no TensorFlow).
 
-The training subset and the evaluation split are copied once to every local device (CIFAR-10
-IF100: 12,406 + 10,000 images of 32x32x3, 69 MB). Each step the host sends only indices:
+The training subset and the evaluation split are copied once to every local device (CIFAR-LT:
+tens of MB). Each step the host sends only indices:
 the epoch order is `sharding.epoch_order(seed, epoch)` (the tf.data pipeline's, one
 implementation), a process takes its slice of the global batch and splits it over its
 devices (`sharding.Shard`), and one pmapped call gathers the images and applies the view of
