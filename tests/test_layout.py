@@ -20,7 +20,10 @@ LAYERS = (
     ("analysis", "deploy", "perf"),
 )
 # Imports that may sit inside functions: heavy optional dependencies that must stay unloaded.
-LAZY = re.compile(r"^(tensorflow|tensorflow_datasets|matplotlib|torch)\b|^ncl_jax\.data\.datasets$")
+LAZY = re.compile(
+    r"^(tensorflow|tensorflow_datasets|matplotlib|torch|clu)\b"
+    r"|^ncl_jax\.data\.(datasets|sources)$"
+)
 
 
 def _modules() -> list[pathlib.Path]:

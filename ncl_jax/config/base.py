@@ -33,6 +33,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # ---------------------------------------------------------------- data
     c.dataset = d = ml_collections.ConfigDict()
     d.source = "tfds"  # "tfds" | "split_list" (one "path label" per line) | "image_folder"
+    #                  | "cache" (a prepared .npz of ncl_jax.cache_dataset; no TensorFlow)
+    d.cache_path = ""  # source="cache": the prepared file (ncl_jax/data/cache.py)
+    d.pipeline = "auto"  # "tfdata" (host) | "device" (data and augmentation on the devices)
+    #                      | "auto" (ncl_jax/data/device_pipeline.resolve_pipeline says which)
     d.name = "cifar100"  # TFDS builder name (cifar10, cifar100, cifar10_jpeg, imagenet2012,
     #                      places365_small, i_naturalist2018); a free label for other sources
     d.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $TFDS_DATA_DIR

@@ -44,6 +44,7 @@ MATHS_FIELDS = (
     "dataset.eval_view",
     "dataset.normalization",
     "dataset.on_bad_file",  # skip leaves files out of the training set
+    "dataset.pipeline",  # tf.data and the device pipeline draw different augmentations
     "dataset.shuffle_buffer",  # the order of a streamed dataset
     "model.backbone",
     "model.num_experts",
@@ -100,6 +101,7 @@ RUNTIME_FIELDS = (
     "checkpoint_every_epochs",
     "keep_checkpoints",
     "dataset.data_dir",  # where the same files are found
+    "dataset.cache_path",  # where the same prepared cache is found (its checksum is checked)
     "dataset.image_root",
     "dataset.download",
     "dataset.eval_max_examples",  # smoke tests

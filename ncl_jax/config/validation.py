@@ -25,6 +25,7 @@ from ncl_jax.core.metrics import AGGREGATIONS
 from ncl_jax.core.moco import KEY_INITS
 from ncl_jax.core.optim import SCHEDULES
 from ncl_jax.data.choices import DOWNLOAD_VALUES, SOURCES, VIEWS
+from ncl_jax.data.device_pipeline import PIPELINES
 from ncl_jax.data.file_check import ON_BAD_FILE
 from ncl_jax.data.long_tail import GROUP_RULES
 from ncl_jax.data.normalization import NORMALIZATION
@@ -55,6 +56,7 @@ CHOICES: dict[str, tuple] = {
     "group_rule": GROUP_RULES,
     "eval_aggregation": AGGREGATIONS,
     "dataset.on_bad_file": ON_BAD_FILE,
+    "dataset.pipeline": PIPELINES,
 }
 # Read case-insensitively: a command-line string ("False") means the same as the Python value.
 _CASE_INSENSITIVE = ("dataset.download",)

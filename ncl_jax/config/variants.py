@@ -61,6 +61,10 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "loss.nil_hard_weight": 1.0,
     "model.bn_unbiased_variance": False,
     "dataset.on_bad_file": "error",
+    # Older runs read TFDS with tf.data; `auto` picks tf.data for them on the CPU hosts they
+    # ran on, and keeps their config.json equal to a new run's default, so they resume.
+    "dataset.pipeline": "auto",
+    "dataset.cache_path": "",
 }
 
 

@@ -8,7 +8,8 @@ once (tests/test_augment.py holds the views to the implemented ones).
 
 from __future__ import annotations
 
-SOURCES = ("tfds", "split_list", "image_folder")  # dataset.source
+CACHE_SOURCE = "cache"  # a prepared cache (cache.py), read with numpy alone
+SOURCES = ("tfds", "split_list", "image_folder", CACHE_SOURCE)  # dataset.source
 # dataset.download, read case-insensitively ("auto", "True", False, ...).
 DOWNLOAD_VALUES = ("auto", "true", "false")
 # dataset.train_view / key_view / eval_view: the named views of augment.py.

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from ncl_jax.data import augment, file_check, file_sources, sources
+from ncl_jax.data import cache, file_check, file_sources
 from ncl_jax.data.choices import SOURCES
 from ncl_jax.data.long_tail import DatasetInfo, long_tailed_counts, long_tailed_indices
 from ncl_jax.data.splits import IndexedSplit, StreamedSplit
@@ -65,6 +65,7 @@ _KEY_FIELDS = (
     "train_view",
     "eval_view",
     "on_bad_file",
+    "cache_path",
 )
 # The view each split's files go through, by config field. The MoCo key view is not here:
 # every key view resizes what it gets, so it accepts any size.
@@ -85,9 +86,14 @@ def resolve(cfg: Any) -> ResolvedDataset:
         return _RESOLVED[key]
     if cfg.num_classes < 1:
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} must be >= 1.")
-    sources.download_mode(cfg.download)  # a bad value fails whatever the source
+    if cfg.source != cache.SOURCE:  # a cache is read with numpy alone: no TensorFlow
+        _sources().download_mode(cfg.download)  # a bad value fails whatever the source
     readers = dict(
-        zip(SOURCES, (_resolve_tfds, _resolve_split_list, _resolve_image_folder), strict=True)
+        zip(
+            SOURCES,
+            (_resolve_tfds, _resolve_split_list, _resolve_image_folder, _resolve_cache),
+            strict=True,
+        )
     )
     if cfg.source not in readers:
         raise ConfigError(f"dataset.source={cfg.source!r} is unknown; use one of {SOURCES}.")
@@ -126,11 +132,13 @@ def file_problem(cfg: Any, path: str, split: str, *, full: bool = False) -> str 
     view, size = getattr(cfg, field), cfg.image_size
 
     def size_rule(height: int, width: int) -> str | None:
+        from ncl_jax.data import augment  # lazy: TensorFlow, for file sources only
+
         problem = augment.input_size_problem(view, size, height, width)
         return problem and f"{problem} (dataset.{field}, dataset.image_size={size})"
 
     check = file_check.decode_problem if full else file_check.header_problem
-    return check(path, decode=sources.decoded_size, size_rule=size_rule)
+    return check(path, decode=_sources().decoded_size, size_rule=size_rule)
 
 
 def _bad_files(cfg: Any, split: IndexedSplit, name: str, *, full: bool, threads: int):
@@ -205,15 +213,26 @@ def write_skipped_files(cfg: Any, workdir: str) -> str | None:
     return path
 
 
+def _sources():
+    """ncl_jax.data.sources, imported lazily: it loads TensorFlow, which a cache source and
+    the file sources do not need (accelerator images may lack it)."""
+    from ncl_jax.data import sources  # lazy: TensorFlow only for TFDS sources
+
+    return sources
+
+
 def class_names(cfg: Any) -> tuple[str, ...] | None:
     """Class names by label, read without decoding any image: the TFDS builder's label names
     or the training folder's class folders; None for split lists, which carry numbers only.
     Raises what `resolve` raises for a source that cannot be opened (it may download like
     `resolve`: pass dataset.download=False to forbid that)."""
     if cfg.source == "tfds":
+        sources = _sources()
         builder = sources.open_builder(cfg)
         sources.check_builder(builder, cfg)
         return _label_names(builder)
+    if cfg.source == cache.SOURCE:
+        return cache.read_cache(cfg.cache_path).class_names
     if cfg.source == "image_folder" and cfg.image_root:
         return tuple(file_sources.folder_split(os.path.join(cfg.image_root, cfg.train_split))[1])
     return None
@@ -254,7 +273,26 @@ def _check_labels(split: IndexedSplit, num_classes: int, where: str) -> None:
         )
 
 
+def _resolve_cache(cfg: Any):
+    """The training rows and evaluation set of a prepared cache (ncl_jax/data/cache.py), whose
+    subset parameters must match the config's (the rows are already long-tailed)."""
+    prepared = cache.read_cache(cfg.cache_path)
+    prepared.check_matches(cfg)
+    train = IndexedSplit(
+        labels=prepared.train_labels,
+        rows=np.arange(len(prepared.train_labels), dtype=np.int64),
+        images=prepared.train_images,
+    )
+    evals = IndexedSplit(
+        labels=prepared.eval_labels,
+        rows=np.arange(len(prepared.eval_labels), dtype=np.int64),
+        images=prepared.eval_images,
+    )
+    return train, evals, _counts(train, cfg.num_classes), prepared.class_names
+
+
 def _resolve_tfds(cfg: Any):
+    sources = _sources()
     builder = sources.open_builder(cfg)
     sources.check_builder(builder, cfg)
     if cfg.name in sources.IN_MEMORY_BUILDERS:

@@ -26,10 +26,15 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ncl_jax.data import augment, sources
-from ncl_jax.data.datasets import DatasetInfo, file_problem, get_dataset_info, resolve
-from ncl_jax.data.sharding import Shard, make_shard
+from ncl_jax.data.datasets import file_problem, get_dataset_info, resolve
+from ncl_jax.data.sharding import (
+    Shard,
+    epoch_order,
+    make_shard,
+    train_epoch_shard,
+)
 from ncl_jax.data.splits import IndexedSplit, StreamedSplit
-from ncl_jax.errors import ConfigError, DataError
+from ncl_jax.errors import DataError
 
 sources.hide_accelerators_from_tf()
 
@@ -50,13 +55,6 @@ def _storage(split: IndexedSplit) -> tf.Tensor:
 def _make_view(name: str, *, image_size: int, normalization: str) -> View:
     """The augmentation `name` from ncl_jax.data.augment."""
     return augment.make_view(name, image_size=image_size, normalization=normalization)
-
-
-def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
-    """Training steps per epoch: the remainder that does not fill a global batch is dropped."""
-    if global_batch_size < 1:
-        raise ConfigError(f"batch size {global_batch_size} must be >= 1.")
-    return info.num_train // global_batch_size
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -211,23 +209,15 @@ def train_iterator(
     """
     cfg = dataset_config
     shard = make_shard(global_batch_size, num_local_devices, process_index, process_count)
-    if seed < 0 or epoch < 0:
-        raise ConfigError(f"seed={seed} and epoch={epoch} must be >= 0.")
     data = resolve(cfg)
-    steps = steps_per_epoch(data.info, global_batch_size)
-    if steps == 0:
-        raise ConfigError(
-            f"batch size {global_batch_size} exceeds the {data.info.num_train} training images "
-            "of one epoch; lower --config.batch_size."
-        )
-    if not 0 <= start_step <= steps:
-        raise ConfigError(f"start_step={start_step} is outside [0, {steps}] for this epoch.")
-    shard = dataclasses.replace(shard, first_step=start_step, last_step=steps)
+    shard = train_epoch_shard(
+        shard, num_train=data.info.num_train, seed=seed, epoch=epoch, start_step=start_step
+    )
     views = _views(cfg, [cfg.train_view, cfg.key_view] if two_views else [cfg.train_view])
     base_key = tf.constant([seed, epoch], tf.int64)
     files = None
     if isinstance(data.train, IndexedSplit):
-        order = np.random.default_rng([seed, epoch]).permutation(len(data.train))
+        order = epoch_order(seed, epoch, len(data.train))
         ds = _indexed_train(cfg, data.train, order, shard, _augment_fn(views, base_key))
         files = _trail(cfg, "train", data.train, order[shard.positions()], shard)
     else:

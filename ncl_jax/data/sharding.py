@@ -45,6 +45,39 @@ class Shard:
         return (position % self.global_batch) // self.per_process == self.process
 
 
+def steps_per_epoch(info, global_batch_size: int) -> int:
+    """Training steps per epoch of a DatasetInfo: the remainder that does not fill a global
+    batch is dropped. Raises ConfigError for a batch size below 1."""
+    if global_batch_size < 1:
+        raise ConfigError(f"batch size {global_batch_size} must be >= 1.")
+    return info.num_train // global_batch_size
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """int64 [num_examples]: the example at each position of epoch `epoch`, a permutation
+    seeded by (seed, epoch) alone, so every pipeline, process and device count agrees."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_epoch_shard(
+    shard: Shard, *, num_train: int, seed: int, epoch: int, start_step: int
+) -> Shard:
+    """`shard` limited to the steps start_step..steps_per_epoch-1 of one training epoch.
+    Raises ConfigError for a negative seed or epoch, a global batch larger than the training
+    set, or a start_step outside the epoch (every pipeline checks the same way)."""
+    if seed < 0 or epoch < 0:
+        raise ConfigError(f"seed={seed} and epoch={epoch} must be >= 0.")
+    steps = num_train // shard.global_batch
+    if steps == 0:
+        raise ConfigError(
+            f"batch size {shard.global_batch} exceeds the {num_train} training images "
+            "of one epoch; lower --config.batch_size."
+        )
+    if not 0 <= start_step <= steps:
+        raise ConfigError(f"start_step={start_step} is outside [0, {steps}] for this epoch.")
+    return dataclasses.replace(shard, first_step=start_step, last_step=steps)
+
+
 def make_shard(global_batch_size: int, num_devices: int, process: int, processes: int) -> Shard:
     """Validates the process/device split of a global batch."""
     if num_devices < 1 or processes < 1 or not 0 <= process < processes:

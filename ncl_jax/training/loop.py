@@ -24,7 +24,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
@@ -41,6 +40,7 @@ from ncl_jax.evaluation.tail_metrics import evaluation_body
 from ncl_jax.training.checkpointing import RESULT_FILE, RunCheckpoints, write_json_atomically
 from ncl_jax.training.saved_runs import read_result
 from ncl_jax.training.workdir_lock import WorkdirLock
+from ncl_jax.training.writers import create_progress, create_writer
 
 
 class _StopSignals:
@@ -121,6 +121,7 @@ def train_and_evaluate(
     after the epoch and runs the pending evaluation first."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
+    data.resolve_pipeline(config.dataset)  # an impossible pipeline fails before any file too
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
     lock = _lock_workdir(workdir, take_over_lock)
@@ -194,11 +195,17 @@ def _train(
     p_train, p_eval = pmap_train_step(step_cfg), pmap_eval_counts_step(step_cfg)
     group_masks = info.group_masks(config.group_rule)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    tensorflow_free = not data.needs_tensorflow(config.dataset)
+    writer = create_writer(
+        workdir, just_logging=jax.process_index() > 0, tensorflow_free=tensorflow_free
+    )
     if step == 0:
         writer.write_hparams(_hparams(config))
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps
+    progress = create_progress(
+        writer,
+        num_train_steps=total_steps,
+        every_steps=config.log_every_steps,
+        tensorflow_free=tensorflow_free,
     )
     best = dict(meta.get("best", {"ensemble": -1.0, "single": -1.0}))
     last_eval: dict = meta.get("last_eval", {})
