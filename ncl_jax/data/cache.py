@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ncl_jax.data.choices import CACHE_SOURCE
 from ncl_jax.errors import ConfigError, DataError
 
+SOURCE = CACHE_SOURCE  # the dataset.source value that reads a cache
 FORMAT = "ncl_jax.prepared_dataset.v1"
 _IMAGES = ("train_images", "eval_images")
 _ARRAYS = (*_IMAGES, "train_labels", "eval_labels", "class_counts")
