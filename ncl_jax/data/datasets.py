@@ -128,12 +128,12 @@ def file_problem(cfg: Any, path: str, split: str, *, full: bool = False) -> str 
     in words that follow the path; None when it can. `full` decodes it (`ncl-check-dataset`,
     and the pipeline naming a file that failed); otherwise a header check
     (`file_check.header_problem`)."""
+    from ncl_jax.data import augment  # lazy: TensorFlow, which a cache source never loads
+
     field = SPLIT_VIEWS[split]
     view, size = getattr(cfg, field), cfg.image_size
 
     def size_rule(height: int, width: int) -> str | None:
-        from ncl_jax.data import augment  # lazy: TensorFlow, for file sources only
-
         problem = augment.input_size_problem(view, size, height, width)
         return problem and f"{problem} (dataset.{field}, dataset.image_size={size})"
 
