@@ -264,5 +264,13 @@ def test_evaluation_works_on_any_device_count_with_the_same_accuracies(trained):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((workdir / "eval_9.json").read_text())
     assert report["num_examples"] == 256
-    assert report["ensemble"] == result["final"]["ensemble"]
-    assert report["experts"] == result["final"]["experts"]
+    # Counts give the same accuracies on any device count; NLL and ECE are float sums whose
+    # order follows the device split, so they agree to float32 rounding.
+    trained_models = [result["final"]["ensemble"], *result["final"]["experts"]]
+    for got, want in zip([report["ensemble"], *report["experts"]], trained_models, strict=True):
+        assert got.keys() == want.keys()
+        for key in got:
+            if key in ("nll", "ece"):
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+            else:
+                assert got[key] == want[key], key
