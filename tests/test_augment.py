@@ -216,6 +216,7 @@ def test_fixed_views_are_plain_normalization():
     assert view(smooth_image(300, 400), [0, 0]).shape == (224, 224, 3)
 
 
+@pytest.mark.slow  # fast tier under 2 min: heavy compile or a real dataset
 def test_views_inside_tf_data_match_eager_calls():
     images = {name: smooth_image(*shape, seed=1) for name, shape in _VIEW_INPUTS.items()}
     views = {n: augment.make_view(n, image_size=32, normalization="cifar") for n in images}

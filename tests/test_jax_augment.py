@@ -160,6 +160,7 @@ def test_raw_uint32_keys_act_as_their_typed_keys():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow  # fast tier under 2 min: heavy compile or a real dataset
 def test_moco_view_is_gray_one_time_in_five():
     image = np.repeat(IMAGES[1:2], 800, axis=0)[:, :16, :16]  # a colourful 16x16 image
     pixels = _check_view("moco_cifar", image)

@@ -29,6 +29,7 @@ def test_op_matches_tf_op(case):
     assert np.abs(got - want).max() <= bound, name
 
 
+@pytest.mark.slow  # fast tier under 2 min: heavy compile or a real dataset
 def test_policy_branches_match_tf_policy_ops():
     images = IMAGES[:2]  # one noise, one smooth image; the full set runs in jax_augment_check
     for name, tf_fn, jax_fn, bound in check.policy_cases(images.shape[1:]):

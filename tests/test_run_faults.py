@@ -176,6 +176,7 @@ def dead_pid():
     return proc.pid
 
 
+@pytest.mark.slow  # fast tier under 2 min: heavy compile or a real dataset
 @needs_cifar
 def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path, live_pid):
     _write_lock(tmp_path, pid=live_pid, process_start=None, started="2026-12-02T10:00:00+00:00")

@@ -151,6 +151,7 @@ def test_accuracies_on_fixed_predictions_match_numpy():
             assert scored["best_single"]["expert"] == best
 
 
+@pytest.mark.slow  # fast tier under 2 min: heavy compile or a real dataset
 def test_a_real_pass_keeps_every_images_prediction_at_its_position():
     """8 devices, 3 batches of 16 with padding: the store puts each image's argmax where
     the split has it, and the sums match the plain evaluation step."""
