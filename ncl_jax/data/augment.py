@@ -167,8 +167,7 @@ def color_jitter(
     u = tf.random.stateless_uniform([8], seed)
     order = tf.argsort(u[4:])
 
-    def factor(x: float, v: tf.Tensor) -> tf.Tensor:
-        return max(0.0, 1.0 - x) + (1.0 + x - max(0.0, 1.0 - x)) * v
+    factor = tables.jitter_factor
 
     steps = [
         (brightness, lambda img: ops.adjust_brightness(img, factor(brightness, u[0]))),

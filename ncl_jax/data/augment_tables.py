@@ -115,3 +115,11 @@ MOCO_JITTER_P = 0.8
 MOCO_GRAY_P = 0.2
 MOCO_BLUR_P = 0.5
 BLUR_SIGMA = (0.1, 2.0)  # GaussianBlur sigma ~ U[0.1, 2.0]
+
+
+def jitter_factor(strength: float, u):
+    """torchvision ColorJitter's factor for a strength x: uniform on [max(0, 1 - x), 1 + x],
+    from a uniform draw u in [0, 1) (a TF tensor or a JAX array: plain arithmetic, so both
+    MoCo views, TF and JAX, use this one formula)."""
+    low = max(0.0, 1.0 - strength)
+    return low + (1.0 + strength - low) * u

@@ -182,8 +182,7 @@ def color_jitter(
     u = jax.random.uniform(key, (8,))
     order = jnp.argsort(u[4:])
 
-    def factor(x: float, v: jax.Array) -> jax.Array:
-        return max(0.0, 1.0 - x) + (1.0 + x - max(0.0, 1.0 - x)) * v
+    factor = tables.jitter_factor
 
     steps = [
         (brightness, lambda img: ops.adjust_brightness(img, factor(brightness, u[0]))),
