@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ncl_jax import cli, data
+from ncl_jax import data
 from ncl_jax.config.validation import validate_config
 from ncl_jax.data import augment, datasets, file_check
 from ncl_jax.errors import ConfigError, DataError
+from tests.cli_helpers import one_error_line
 from tests.data_helpers import dataset_config, encode, id_image, write_images
 from tests.tiny import smoke_config
 
@@ -87,16 +88,6 @@ def folder(tmp_path):
         eval_view="cifar_test",
         cache=False,
     )
-
-
-def one_error_line(capsys, fn) -> str:
-    """What a program prints for `fn`'s input error: exactly one `error:` line (status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_cli(fn)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 # ------------------------------------------------------------------ the check at open time

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ncl_jax import cli
 from ncl_jax.config.base import get_base_config
 from ncl_jax.config.resume_rules import MATHS_FIELDS, RUNTIME_FIELDS, resume_differences
 from ncl_jax.config.validation import (
@@ -24,19 +23,10 @@ from ncl_jax.config.validation import (
 )
 from ncl_jax.core import optim
 from ncl_jax.errors import CheckpointError, ConfigError
+from tests.cli_helpers import one_error_line
 from tests.tiny import smoke_config
 
 BASE_FIELDS = sorted(traverse_util.flatten_dict(get_base_config().to_dict(), sep="."))
-
-
-def _one_error_line(capsys, fn) -> str:
-    """The one `error:` line (exit status 2) that run_cli prints for fn's input error."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_cli(fn)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def _set(config, dotted, value):
@@ -64,7 +54,7 @@ def test_the_smoke_config_and_the_base_fields_pass():
 def test_every_field_with_choices_refuses_an_unknown_value(capsys, field):
     config = smoke_config()
     _set(config, field, "nosuch")
-    line = _one_error_line(capsys, lambda: validate_fields(config))
+    line = one_error_line(capsys, lambda: validate_fields(config))
     assert line.startswith(f"error: {field}='nosuch' is unknown; use one of"), line
     for allowed in CHOICES[field]:  # and every allowed value passes this check
         _set(config, field, allowed)
@@ -93,7 +83,7 @@ def test_every_field_with_a_range_refuses_values_outside_it(capsys, field):
         value = kind.kind(bad)
         config = smoke_config()
         _set(config, field, (value,) if kind.is_tuple else value)
-        line = _one_error_line(capsys, lambda config=config: validate_fields(config))
+        line = one_error_line(capsys, lambda config=config: validate_fields(config))
         assert line.startswith(f"error: {field}=") and "out of range; it must be" in line, line
 
 
@@ -105,14 +95,14 @@ def test_every_field_refuses_a_value_of_the_wrong_type(capsys, field):
     kind = field_types()[field]
     config = _untyped(smoke_config())
     _set(config, field, (_WRONG[kind.kind],) if kind.is_tuple else _WRONG[kind.kind])
-    line = _one_error_line(capsys, lambda: validate_fields(config))
+    line = one_error_line(capsys, lambda: validate_fields(config))
     assert line.startswith(f"error: {field}=") and f"must be {kind}" in line, line
 
 
 def test_an_unknown_field_is_named_with_its_path_and_the_nearest_fields(capsys):
     config = _untyped(smoke_config())
     config.optim.lrr = 0.1
-    line = _one_error_line(capsys, lambda: validate_fields(config))
+    line = one_error_line(capsys, lambda: validate_fields(config))
     assert line.startswith(
         "error: optim.lrr is not a config field; did you mean optim.learning_rate?"
     ), line
@@ -122,7 +112,7 @@ def test_an_unknown_field_is_named_with_its_path_and_the_nearest_fields(capsys):
 def test_a_batch_size_below_one_is_out_of_range_not_a_device_split(capsys, batch_size):
     """Reported: batch_size 0 and -16 were refused as 'does not split over 2 devices'."""
     config = smoke_config(batch_size=batch_size)
-    line = _one_error_line(capsys, lambda: validate_config(config, num_devices=2))
+    line = one_error_line(capsys, lambda: validate_config(config, num_devices=2))
     assert line == f"error: batch_size={batch_size} is out of range; it must be >= 1.", line
 
 
