@@ -205,10 +205,15 @@ def test_help_exits_with_status_zero(capsys, flag):
         flags.FLAGS.unparse_flags()
 
 
-def test_resuming_a_step_of_a_fresh_workdir_is_one_error_and_creates_nothing(tmp_path):
+def test_resuming_a_step_of_a_fresh_workdir_is_one_error_and_creates_nothing(tmp_path, monkeypatch):
+    from ncl_jax import data
     from ncl_jax.errors import CheckpointError
     from ncl_jax.training.loop import train_and_evaluate
 
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("read (and decoded) the dataset before refusing --step")
+
+    monkeypatch.setattr(data, "get_dataset_info", no_dataset)
     with pytest.raises(CheckpointError, match="has no checkpoints to resume"):
         train_and_evaluate(_smoke(), str(tmp_path / "fresh"), resume_step=3)
     assert not (tmp_path / "fresh").exists()

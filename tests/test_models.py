@@ -150,10 +150,18 @@ def _strategy_run(strategy: str, train: bool):
     return variables, out, stats, grads
 
 
-# Evaluation mode (train=False) compiles the same graphs again without BatchNorm updates:
-# full suite only (slow tier).
+# Evaluation mode (train=False) compiles the same graphs again without BatchNorm updates, and
+# "loop" (the unrolled reference, which no platform picks by default) compiles every expert
+# separately: both full suite only (slow tier). The fast tier compares the two defaults.
 @pytest.mark.parametrize("train", [True, pytest.param(False, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "vmap"])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        pytest.param(s, marks=pytest.mark.slow) if s == "loop" else s
+        for s in STRATEGIES
+        if s != "vmap"
+    ],
+)
 def test_strategies_give_same_outputs_stats_and_gradients(strategy, train):
     variables, *reference = _strategy_run("vmap", train)
     _, *result = _strategy_run(strategy, train)

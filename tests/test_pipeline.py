@@ -47,6 +47,11 @@ def standin(monkeypatch):
     monkeypatch.setattr(pipeline, "_make_view", standin_views)
 
 
+# The real-CIFAR tests decode all 60,000 offline images first (about 8 s on 2 cores): full
+# suite only (slow tier); the fast tier tests the same pipeline on small folders and fakes.
+real_cifar = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def cifar():
     """The offline cifar10_jpeg, decoded once per process (sources caches the arrays)."""
@@ -74,6 +79,7 @@ def epoch(cfg, **kwargs):
     return list(data.train_iterator(cfg, **kwargs))
 
 
+@real_cifar
 def test_cifar10_jpeg_info_order_and_exact_decoding(cifar):
     cfg, info, builder, train_images, train_labels, _ = cifar
     assert info.class_counts.tolist() == CIFAR10_IF100
@@ -87,6 +93,7 @@ def test_cifar10_jpeg_info_order_and_exact_decoding(cifar):
         assert train_labels[position] == record["label"]
 
 
+@real_cifar
 def test_cifar10_subset_is_the_ldam_subset(cifar):
     cfg, _, _, _, train_labels, _ = cifar
     expected = ldam_subset(train_labels, 0.01, 0)
@@ -94,6 +101,7 @@ def test_cifar10_subset_is_the_ldam_subset(cifar):
     assert np.array_equal(data.long_tailed_indices(train_labels, 100), expected)
 
 
+@real_cifar
 def test_cifar10_train_batch_real_views(cifar):
     cfg, *_ = cifar
     cfg = cfg.copy_and_resolve_references()
@@ -114,6 +122,7 @@ def test_cifar10_train_batch_real_views(cifar):
     assert batch["image"].std(axis=(0, 1, 4)).mean() > 0.3  # not constant images
 
 
+@real_cifar
 def test_cifar10_labels_match_the_chosen_images(cifar, standin):
     cfg, _, _, train_images, train_labels, _ = cifar
     cfg = cfg.copy_and_resolve_references()
@@ -133,6 +142,7 @@ def test_cifar10_labels_match_the_chosen_images(cifar, standin):
     assert len(set(seen)) >= len(seen) - 5  # no repeats within an epoch (up to duplicate images)
 
 
+@real_cifar
 def test_cifar10_eval_counts_each_test_image_once(cifar, standin):
     cfg, _, _, _, _, test_images = cifar
     found, slots = [], 0
@@ -147,6 +157,7 @@ def test_cifar10_eval_counts_each_test_image_once(cifar, standin):
     assert collections.Counter(found) == collections.Counter(digest(im) for im in test_images)
 
 
+@real_cifar
 def test_cifar10_determinism_resume_and_sharding(cifar, standin):
     cfg, *_ = cifar
     kwargs = dict(global_batch_size=2048, seed=5, two_views=True)

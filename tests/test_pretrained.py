@@ -176,7 +176,8 @@ def _states(tmp_dir, moco=True):
     return config, cfg, plain, builders.create_state(config, cfg), encoder
 
 
-@pytest.mark.parametrize("moco", [True, False])
+# Without MoCo a second pair of states is built (two more compiles): full suite only.
+@pytest.mark.parametrize("moco", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_create_state_loads_every_expert(tmp_path_factory, moco):
     _, _, plain, state, encoder = _states(str(tmp_path_factory.getbasetemp()), moco)
     trees = [("params", "params", "params"), ("batch_stats", "batch_stats", "batch_stats")]

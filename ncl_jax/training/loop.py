@@ -120,10 +120,11 @@ def train_and_evaluate(
     meta says `eval_pending`), so a failing evaluation loses no training: the rerun resumes
     after the epoch and runs the pending evaluation first."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
-    data.resolve_pipeline(config.dataset)  # an impossible pipeline fails before any file too
+    # A --step with nothing to resume fails before the dataset is read (which decodes it).
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
+    info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
+    data.resolve_pipeline(config.dataset)  # an impossible pipeline fails before any file too
     lock = _lock_workdir(workdir, take_over_lock)
     try:
         checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
