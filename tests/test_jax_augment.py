@@ -152,6 +152,26 @@ def test_standard_view_is_a_padded_crop_of_the_image_or_its_mirror():
         assert found
 
 
+def test_batching_follows_the_platform_and_both_batchings_draw_the_same_pixels():
+    assert jax_augment.resolve_batching("auto", "cpu") == "map"
+    assert jax_augment.resolve_batching("auto", "gpu") == "vmap"
+    assert jax_augment.resolve_batching("auto", "tpu") == "vmap"
+    assert jax_augment.resolve_batching("vmap", "cpu") == "vmap"
+    with pytest.raises(ValueError, match="unknown batching 'scan'"):
+        jax_augment.resolve_batching("scan")
+    # Same keys, same draws: the standard view (no warps) is equal bit for bit either way.
+    images, keys = jnp.asarray(IMAGES), _keys(8)
+    outs = [
+        np.asarray(
+            jax.jit(lambda x, k, b=b: jax_augment.apply_view("cifar_standard", x, k, batching=b))(
+                images, keys
+            )
+        )
+        for b in ("map", "vmap")
+    ]
+    np.testing.assert_array_equal(*outs)
+
+
 def test_raw_uint32_keys_act_as_their_typed_keys():
     raw = jax.random.split(jax.random.PRNGKey(3), 8)  # [8, 2] uint32
     fn = jax.jit(lambda x, k: jax_augment.apply_view("cifar_standard", x, k))

@@ -2,7 +2,8 @@
 
 `apply_view(name, images, keys)` maps uint8 [N, H, W, 3] images and one PRNG key per image to
 float32 [N, H, W, 3], normalised exactly as `augment.make_view` normalises: for the same pixels,
-the same output bit for bit. It is jittable (name static) and vmapped over N inside.
+the same output bit for bit. It is jittable (name static) and batched over N inside
+(vmap, or lax.map on a CPU: `resolve_batching`).
 
 Each view draws the same random quantities from the same distributions as its TF version
 (the draw structure is mirrored line for line), but from JAX's PRNG keyed per example, so a
@@ -263,19 +264,58 @@ _VIEW_FNS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 JAX_VIEWS: tuple[str, ...] = tuple(_VIEW_FNS)
 
 
+# How a view runs over the N images of a batch: "vmap" (one wide computation) or "map"
+# (jax.lax.map, one image after another); "auto" picks per platform (resolve_batching).
+BATCHINGS = ("auto", "vmap", "map")
+
+
+def resolve_batching(batching: str = "auto", platform: str | None = None) -> str:
+    """ "vmap" or "map" for `batching`; "auto" is "map" on a CPU and "vmap" elsewhere.
+
+    Why: the policy views pick one op per image with lax.switch. Vmapped, the switch becomes a
+    select that computes every branch for every image (16 RandAugment ops, twice); under
+    lax.map each image runs only its drawn op, which on a CPU is tens of times faster
+    (docs/performance.md). On an accelerator vmap keeps the batch one wide computation rather
+    than a loop of small kernels (not measured on one yet). The two may differ in a few
+    warp-edge pixels (XLA fuses the coordinate arithmetic differently); each is deterministic.
+    platform: jax.default_backend() when None. Raises ValueError for an unknown batching.
+    """
+    if batching not in BATCHINGS:
+        raise ValueError(f"unknown batching {batching!r}; choose one of {', '.join(BATCHINGS)}")
+    if batching != "auto":
+        return batching
+    return "map" if (platform or jax.default_backend()) == "cpu" else "vmap"
+
+
+def map_images(fn: Callable, images: jax.Array, keys: jax.Array, batching: str) -> jax.Array:
+    """fn(image [H, W, 3], key) applied to each of images [N, H, W, 3] with its key, batched
+    as `batching` ("vmap" or "map", see resolve_batching)."""
+    if batching == "vmap":
+        return jax.vmap(fn)(images, keys)
+    return jax.lax.map(lambda pair: fn(*pair), (images, keys))
+
+
 def apply_view(
-    name: str, images: jax.Array, keys: jax.Array, *, normalization: str = "cifar"
+    name: str,
+    images: jax.Array,
+    keys: jax.Array,
+    *,
+    normalization: str = "cifar",
+    batching: str = "auto",
 ) -> jax.Array:
     """The view `name` of each image, keyed by its own PRNG key.
 
     images: uint8 [N, H, W, 3] (square, H = W = the view's image size); keys: [N] typed PRNG
     keys (jax.random.key) or [N, 2] uint32 raw keys. Returns float32 [N, H, W, 3] =
     (pixel / 255 - mean) / std of `normalization` (augment.make_view's formula and constants).
-    Deterministic per key; jittable with `name` (and `normalization`) static.
-    Raises ValueError for an unknown view or normalisation, or images not uint8 [N, H, H, 3].
+    batching: how the images are batched (resolve_batching; "auto" follows the platform).
+    Deterministic per key and batching; jittable with `name`, `normalization` and `batching`
+    static. Raises ValueError for an unknown view, normalisation or batching, or images not
+    uint8 [N, H, H, 3].
     """
     if name not in _VIEW_FNS:
         raise ValueError(f"no JAX version of view {name!r}; choose one of {', '.join(JAX_VIEWS)}")
+    batching = resolve_batching(batching)
     if normalization not in NORMALIZATION:
         raise ValueError(
             f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATION)}"
@@ -284,8 +324,7 @@ def apply_view(
         raise ValueError(f"images must be uint8 [N, H, W, 3]; got {images.dtype} {images.shape}")
     if images.shape[1] != images.shape[2]:
         raise ValueError(f"images must be square; got {images.shape[1]}x{images.shape[2]}")
-    view_fn = _VIEW_FNS[name]
-    pixels = jax.vmap(view_fn)(images.astype(jnp.float32), keys)
+    pixels = map_images(_VIEW_FNS[name], images.astype(jnp.float32), keys, batching)
     levels = jnp.asarray(_normalized_levels(normalization))  # [256, 3]
     return levels[pixels.astype(jnp.int32), jnp.arange(3)]
 

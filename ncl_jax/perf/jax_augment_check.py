@@ -4,8 +4,8 @@ Agreement: every op of `jax_augment_ops` (and every AutoAugment / RandAugment br
 `jax_augment`) against its TF op in `augment_ops` / `augment`, on the same images with the same
 parameters: the largest difference in 8-bit levels and the fraction of pixel values that
 differ. `OP_CASES` is also what tests/test_jax_augment_ops.py holds to each case's bound.
-Speed: images/s of each JAX view (jitted, vmapped over a batch) against its tf.data view
-(parallel map, batched), in the same run.
+Speed: images/s of each JAX view (jitted over a batch, batched by lax.map and by vmap)
+against its tf.data view (parallel map, batched), in the same run.
 
     PYTHONPATH=. python -m ncl_jax.perf.jax_augment_check [--write] [--speed_images=2048]
 
@@ -111,9 +111,14 @@ def _tf_ops(fn: Callable, images: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(fn(tf.constant(x.astype(np.float32)))) for x in images])
 
 
-def _jax_ops(fn: Callable, images: np.ndarray) -> np.ndarray:
-    """fn vmapped over the images and jitted, as the views run it (XLA fuses there)."""
-    return np.asarray(jax.jit(jax.vmap(fn))(jnp.asarray(images, jnp.float32)))
+def jax_ops(fn: Callable, images: np.ndarray) -> np.ndarray:
+    """fn batched over the images and jitted as apply_view runs the views on this platform
+    (jax_augment.resolve_batching; XLA fuses there)."""
+    batching = jax_augment.resolve_batching()
+    run = jax.jit(
+        lambda x: jax_augment.map_images(lambda im, _: fn(im), x, x[:, 0, 0, 0], batching)
+    )
+    return np.asarray(run(jnp.asarray(images, jnp.float32)))
 
 
 def compare(tf_out: np.ndarray, jax_out: np.ndarray) -> tuple[float, float]:
@@ -127,7 +132,7 @@ def op_agreement(images: np.ndarray) -> list[tuple[str, float, float, int]]:
     rows = []
     for name, fn, bound in OP_CASES:
         tf_out = _tf_ops(lambda x, f=fn: f(augment_ops, x), images)
-        jax_out = _jax_ops(lambda x, f=fn: f(jax_augment_ops, x), images)
+        jax_out = jax_ops(lambda x, f=fn: f(jax_augment_ops, x), images)
         rows.append((name, *compare(tf_out, jax_out), bound))
     return rows
 
@@ -159,7 +164,7 @@ def policy_agreement(images: np.ndarray) -> list[tuple[str, float, float, int]]:
     """Rows for every AutoAugment and RandAugment branch: the worst of its settings."""
     worst: dict[str, tuple[float, float, int]] = {}
     for name, tf_fn, jax_fn, bound in policy_cases(images.shape[1:]):
-        got = compare(_tf_ops(tf_fn, images), _jax_ops(jax_fn, images))
+        got = compare(_tf_ops(tf_fn, images), jax_ops(jax_fn, images))
         worst[name] = (*max(got, worst.get(name, (0.0, 0.0))[:2]), bound)
     return [(name, *row) for name, row in worst.items()]
 
@@ -174,23 +179,24 @@ def markdown_table(rows: list[tuple[str, float, float, int]]) -> str:
     return "\n".join(lines)
 
 
-def view_throughput(name: str, count: int, batch: int = 256) -> tuple[float, float]:
-    """(JAX images/s, tf.data images/s) of view `name` on `count` random 32x32 images.
-
-    JAX: apply_view jitted over batches of `batch` (compiled first, not timed). tf.data: the
-    view mapped in parallel (AUTOTUNE) and batched, after one warm-up batch.
-    """
+def jax_view_rate(name: str, count: int, batching: str, batch: int = 256) -> float:
+    """Images/s of apply_view(name) batched as `batching` on `count` random 32x32 images, in
+    jitted batches of `batch` (compiled first, not timed)."""
     images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-    fn = jax.jit(lambda x, k: jax_augment.apply_view(name, x, k))
+    fn = jax.jit(lambda x, k: jax_augment.apply_view(name, x, k, batching=batching))
     batches = [jnp.asarray(images[i : i + batch]) for i in range(0, count, batch)]
     keys = [jax.random.split(jax.random.key(i), b.shape[0]) for i, b in enumerate(batches)]
-    for b, k in zip(batches[:1], keys[:1], strict=True):
-        fn(b, k).block_until_ready()
+    fn(batches[0], keys[0]).block_until_ready()
     start = time.perf_counter()
     for b, k in zip(batches, keys, strict=True):
         fn(b, k).block_until_ready()
-    jax_rate = count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start)
 
+
+def tf_view_rate(name: str, count: int, batch: int = 256) -> float:
+    """Images/s of the tf.data view `name` on `count` random 32x32 images: mapped in parallel
+    (AUTOTUNE) and batched by `batch`, after one warm-up batch."""
+    images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
     view = augment.make_view(name, image_size=32, normalization="cifar")
     ds = tf.data.Dataset.from_tensor_slices(images).enumerate()
     ds = ds.map(
@@ -202,8 +208,7 @@ def view_throughput(name: str, count: int, batch: int = 256) -> tuple[float, flo
     start = time.perf_counter()
     for _ in ds:
         pass
-    tf_rate = count / (time.perf_counter() - start)
-    return jax_rate, tf_rate
+    return count / (time.perf_counter() - start)
 
 
 _START = "<!-- jax_augment_check: start -->"
@@ -234,11 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         write_table(table, pathlib.Path(__file__).resolve().parents[2] / "docs" / "data.md")
     if args.speed_images:
-        print("| view | JAX images/s | tf.data images/s | JAX / tf.data |")
-        print("|---|---|---|---|")
+        print("| view | JAX map images/s | JAX vmap images/s | tf.data images/s | map / tf.data |")
+        print("|---|---|---|---|---|")
         for name in jax_augment.JAX_VIEWS:
-            jax_rate, tf_rate = view_throughput(name, args.speed_images)
-            print(f"| {name} | {jax_rate:.0f} | {tf_rate:.0f} | {jax_rate / tf_rate:.2f} |")
+            mapped = jax_view_rate(name, args.speed_images, "map")
+            vmapped = jax_view_rate(name, args.speed_images, "vmap")
+            tf_rate = tf_view_rate(name, args.speed_images)
+            rates = f"{mapped:.0f} | {vmapped:.0f} | {tf_rate:.0f} | {mapped / tf_rate:.2f}"
+            print(f"| {name} | {rates} |", flush=True)
 
 
 if __name__ == "__main__":
