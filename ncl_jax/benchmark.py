@@ -5,6 +5,7 @@
       --mode=step --experts=1,3 --moco=both --strategies=loop,vmap
   python -m ncl_jax.benchmark --config=configs/imagenet_lt.py --mode=cost --experts=1,3 \\
       --moco=both
+  python -m ncl_jax.benchmark --config=configs/cifar10_lt.py:quick --mode=input_step --steps=50
 
 The library: ncl_jax.perf.benchmark.
 """
@@ -28,11 +29,13 @@ def _define_flags() -> None:
     flags.DEFINE_enum(
         "mode",
         "all",
-        ["step", "pipeline", "all", "cost"],
+        ["step", "pipeline", "all", "cost", "input_step"],
         "What to time: the train step (no TensorFlow), the tf.data input "
         "pipeline, or both (the pipeline is skipped with a note when its "
         "data or TensorFlow is missing); step and all also print the model cost "
-        "(parameters, XLA flops per image), which cost prints alone, compiling nothing.",
+        "(parameters, XLA flops per image), which cost prints alone, compiling nothing; "
+        "input_step: the real dataset through the tfdata and the device pipeline, each "
+        "alone and feeding the step, alternating (--steps batches per repeat).",
     )
     flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -144,3 +145,24 @@ def test_cost_mode_times_nothing_and_costs_each_expert_count_and_moco_setting_on
     assert [(c["num_experts"], c["moco"]) for c in costs] == [(2, True), (1, True)]
     assert costs[0]["params_ensemble"] == 2 * costs[1]["params_ensemble"]
     assert "GFLOPs/img" in result.stdout and "TF_LOADED False" in result.stderr
+
+
+@pytest.mark.slow  # compiles a train step and starts tf.data
+def test_input_step_times_both_pipelines_alone_and_feeding_the_step(tmp_path, monkeypatch):
+    from ncl_jax.perf import input_step
+    from tests.device_helpers import install_fake_views, write_tiny_cache
+    from tests.tiny import tiny_config
+
+    install_fake_views(monkeypatch)
+    config = tiny_config(moco=True)
+    config.dataset = write_tiny_cache(tmp_path / "tiny.npz", train_view="cifar_test")
+    config.dataset.train_view = config.dataset.key_view = "cifar_test"
+    config.batch_size = 16
+    monkeypatch.setattr(input_step, "resolve_config", lambda c: c)  # tiny_config resolved it
+    result = input_step.time_input_and_step(config, steps=2, warmup=1, repeats=1)
+    assert set(result) == {"tfdata", "device"}
+    for rates in result.values():
+        assert set(rates) == {"input_img_per_s", "input_step_img_per_s"}
+        assert all(math.isfinite(v) and v > 0 for v in rates.values())
+    table = input_step.format_table(result)
+    assert table.splitlines()[0].startswith("| pipeline | input alone")

@@ -37,6 +37,7 @@ from ncl_jax.config.variants import resolve_config
 from ncl_jax.core.train_step import pmap_train_step, replicate
 from ncl_jax.data.long_tail import long_tailed_counts
 from ncl_jax.models import resolve_strategy
+from ncl_jax.perf import input_step
 
 
 @dataclasses.dataclass
@@ -322,6 +323,10 @@ def run(
             result = {"skipped": " ".join(str(err).split())[:300]}
         summary["pipeline"] = result
         print("input pipeline:", json.dumps(result))
+    if mode == "input_step":
+        result = input_step.time_input_and_step(config, steps=steps, warmup=warmup, repeats=repeats)
+        summary["input_step"] = result
+        print(input_step.format_table(result))
     if "ms_per_step" not in summary:
         summary.update(ms_per_step=None, img_per_s=None, compile_s=None)
     summary.setdefault("peak_rss_mb", rss_mb()[1])
