@@ -34,8 +34,22 @@ def test_scalars_are_read_back_and_compared_on_common_steps(tmp_path):
     assert open(path, "rb").read(4) == b"\x89PNG"
 
 
+def test_a_tensorflow_free_run_is_read_from_its_metrics_jsonl(tmp_path):
+    from ncl_jax.training.writers import JsonLinesWriter
+
+    writer = JsonLinesWriter(str(tmp_path), just_logging=False)
+    writer.write_scalars(10, {"train/loss": 4.0, "train/moco": 8.0})
+    writer.write_scalars(20, {"train/loss": 3.0})
+    writer.write_scalars(20, {"eval/ensemble/top1": 41.5})
+    assert curves.read_scalars(str(tmp_path)) == {
+        "train/loss": {10: 4.0, 20: 3.0},
+        "train/moco": {10: 8.0},
+        "eval/ensemble/top1": {20: 41.5},
+    }
+
+
 def test_a_directory_without_event_files_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="no TensorBoard event files"):
+    with pytest.raises(ConfigError, match="no TensorBoard event files and no metrics.jsonl"):
         curves.read_scalars(str(tmp_path))
     with pytest.raises(ConfigError, match="no common step"):
         curves.compare([{1: 1.0}, {2: 1.0}])

@@ -1,7 +1,8 @@
 """Compares the logged training curves of runs (`ncl-curves`), e.g. float32 against bfloat16.
 
-Reads the scalars each run wrote to TensorBoard (clu's writer, one event file per run and
-process) with TensorBoard's own event reader, aligns them on the steps all runs logged, and
+Reads the scalars each run wrote: to TensorBoard (clu's writer, one event file per run and
+process), read with TensorBoard's own event reader, or, for a TensorFlow-free run, to
+metrics.jsonl (ncl_jax.training.writers); aligns them on the steps all runs logged, and
 prints per tag the largest absolute and relative difference of every run from the first, and
 the final evaluation's top-1. With --plot, draws the curves (and their difference) to a PNG.
 
@@ -11,25 +12,46 @@ The program: `python -m ncl_jax.curves` (ncl_jax/curves.py).
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.util import tensor_util
 
 from ncl_jax.errors import ConfigError
+from ncl_jax.training.writers import METRICS_FILE
 
 DEFAULT_TAGS = ("train/loss",)
 
 
 def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} of every scalar in the workdir's TensorBoard event files.
-    Raises ConfigError when the workdir has none."""
+    """{tag: {step: value}} of every scalar in the workdir's TensorBoard event files and its
+    metrics.jsonl (a TensorFlow-free run's). Raises ConfigError when the workdir has neither."""
 
     files = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
-    if not files:
-        raise ConfigError(f"{workdir} has no TensorBoard event files; is it a training workdir?")
+    jsonl = os.path.join(workdir, METRICS_FILE)
+    if not files and not os.path.isfile(jsonl):
+        raise ConfigError(
+            f"{workdir} has no TensorBoard event files and no {METRICS_FILE}; "
+            "is it a training workdir?"
+        )
     out: dict[str, dict[int, float]] = {}
+    if files:
+        _read_event_files(files, out)
+    if os.path.isfile(jsonl):
+        with open(jsonl) as f:
+            for line in f:
+                record = json.loads(line)
+                step = int(record.pop("step"))
+                for tag, value in record.items():
+                    out.setdefault(tag, {})[step] = float(value)
+    return out
+
+
+def _read_event_files(files: list[str], out: dict[str, dict[int, float]]) -> None:
+    # lazy: TensorBoard is missing where a TensorFlow-free run is read (metrics.jsonl only)
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
     for path in files:
         events = event_accumulator.EventAccumulator(
             path, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0}
@@ -44,7 +66,6 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
         for tag in tags.get("scalars", []):
             for event in events.Scalars(tag):
                 out.setdefault(tag, {})[int(event.step)] = float(event.value)
-    return out
 
 
 def compare(curves: list[dict[int, float]]) -> dict:
