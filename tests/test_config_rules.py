@@ -129,6 +129,18 @@ def test_resume_differences_split_by_role_and_unknown_fields_count_as_maths():
     assert resume_differences(saved, current) == (["batch_size", "old_field"], ["cpu_devices"])
 
 
+def test_a_recorded_pipeline_is_kept_and_an_older_runs_auto_accepts_the_choice_made_now():
+    assert resume_differences({"dataset.pipeline": "tfdata"}, {"dataset.pipeline": "device"}) == (
+        ["dataset.pipeline"],
+        [],
+    )
+    for now in ("tfdata", "device"):
+        assert resume_differences({"dataset.pipeline": "auto"}, {"dataset.pipeline": now}) == (
+            [],
+            [],
+        )
+
+
 @pytest.fixture
 def finished_run(tmp_path):
     """A workdir as a finished 2-epoch smoke run leaves it: config.json, one checkpoint (a

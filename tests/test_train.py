@@ -205,6 +205,11 @@ def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
         assert set(body["prior_adjusted"]) >= {"experts", "ensemble", "best_single"}
 
 
+def test_config_json_records_the_pipeline_auto_chose(uninterrupted):
+    workdir, _ = uninterrupted
+    assert read_run_config(str(workdir)).dataset.pipeline == "tfdata"  # auto, on this CPU
+
+
 def test_result_json_records_the_model_cost_of_the_run(uninterrupted):
     workdir, summary = uninterrupted
     with open(workdir / "result.json") as f:

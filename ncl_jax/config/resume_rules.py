@@ -112,11 +112,22 @@ RUNTIME_FIELDS = (
 )
 
 
+# Training records the pipeline `auto` chose (ncl_jax.training.loop), so a run resumes through
+# the same one on any platform. Runs recorded before that saved "auto": they keep resuming
+# through whatever `auto` picks now, as the versions that trained them did.
+_SAVED_AUTO_ACCEPTS_ANY = ("dataset.pipeline",)
+
+
 def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list, list]:
     """(refused, accepted): the dotted fields whose values differ between the flat `saved`
     and `current` configs, split by role; a field in neither list counts as maths."""
     keys = sorted(set(saved) | set(current))
-    differ = [k for k in keys if saved.get(k) != current.get(k)]
+    differ = [
+        k
+        for k in keys
+        if saved.get(k) != current.get(k)
+        and not (k in _SAVED_AUTO_ACCEPTS_ANY and saved.get(k) == "auto")
+    ]
     return [k for k in differ if k not in RUNTIME_FIELDS], [
         k for k in differ if k in RUNTIME_FIELDS
     ]
