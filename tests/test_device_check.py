@@ -309,6 +309,19 @@ def test_json_and_markdown_hold_rows_projections_auto_choice_and_what_was_trimme
     summary = device_report.summarize(
         records, grid, meta=meta, budget_s=420.0, elapsed_s=400.0, complete=False
     )
+    summary["device_pipeline"] = device_report.pipeline_summary(
+        {
+            "status": "ok",
+            "reason": "",
+            "config": "configs/cifar10_lt.py:if100",
+            "num_train": 12_406,
+            "batch_size": 64,
+            "epochs": 400,
+            "input_img_per_s": 90_000.0,
+            "input_step_img_per_s": 25_600.0,
+            "wall_s": 70.0,
+        }
+    )
     device_report.write_outputs(str(tmp_path), summary)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.json", "device_check.md"]
     loaded = json.loads((tmp_path / "device_check.json").read_text())
@@ -321,6 +334,13 @@ def test_json_and_markdown_hold_rows_projections_auto_choice_and_what_was_trimme
     assert "| gpu | ResNet-32 32px | b64 K3 MoCo float32 | vmap 12.00, loop 10.00 | loop" in md
     assert "8 of 52 rows skipped" in md and "42 not reached" in md
     assert "On gpu, `auto` should pick **loop**" in md and "picks vmap now" in md
+    # 12,406 // 64 = 193 steps per epoch, 400 epochs, 64 images a step at 25,600 img/s:
+    # 77,200 * 64 / 25,600 = 193 s = 3.2 min.
+    projection = loaded["device_pipeline"]["projection"]
+    assert (projection["steps_per_epoch"], projection["total_steps"]) == (193, 77_200)
+    assert projection["projected_s"] == pytest.approx(193.0)
+    assert "## The device pipeline end to end (configs/cifar10_lt.py:if100)" in md
+    assert "| ok | 90000 | 25600 | 193 | 400 | 3.2 | 70.0 |" in md
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -414,7 +434,9 @@ def test_launcher_runs_the_reduced_grid_without_tensorflow_and_refuses_to_overwr
     assert any(p["row"] for p in summary["projections"])
     assert summary["auto_strategy"][0]["fastest"] in ("vmap", "loop")
     md = (out / "device_check.md").read_text()
-    assert md.count("| ok |") == 5 and "## `auto` expert strategy" in md
+    assert md.count("| ok |") == 6 and "## `auto` expert strategy" in md  # 5 rows, pipeline
+    pipeline = summary["device_pipeline"]
+    assert pipeline["status"] == "ok" and pipeline["input_step_img_per_s"] > 0, pipeline
     assert "no `auto` choice follows" in md and "should pick" not in md  # unoptimised times
     assert "| ok |" in result.stdout  # the table is printed too
 

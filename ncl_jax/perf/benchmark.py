@@ -324,7 +324,9 @@ def run(
         summary["pipeline"] = result
         print("input pipeline:", json.dumps(result))
     if mode == "input_step":
-        result = input_step.time_input_and_step(config, steps=steps, warmup=warmup, repeats=repeats)
+        result = input_step.time_input_and_step(
+            resolve_config(config), steps=steps, warmup=warmup, repeats=repeats
+        )
         summary["input_step"] = result
         print(input_step.format_table(result))
     if "ms_per_step" not in summary:

@@ -27,7 +27,9 @@ out-of-memory the same way, as one `error:` line.
 
 It also projects the wall time of the 400-epoch CIFAR-100-LT and 200-epoch ImageNet-LT
 recipes (step time only) and states which expert strategy `auto` should pick on this
-platform: see `ncl_jax.perf.device_report`.
+platform: see `ncl_jax.perf.device_report`. Before the grid it times the device pipeline end
+to end on the CIFAR-10-LT IF 100 paper row (`ncl_jax.perf.device_epoch`: input alone, input +
+step, and the row's projected wall time), the number `launch/paper_cifar_device.sh` needs.
 
 Bad input is one `error:` line with exit status 2, before anything is written: an unknown
 strategy or dtype (`--strategies`, `--dtypes`; validated as ncl_jax.config.validation does for
@@ -75,9 +77,16 @@ import jax
 from ncl_jax.config.validation import validate_config
 from ncl_jax.errors import ConfigError
 from ncl_jax.models.experts import FAST_COMPILE_OPTIONS
-from ncl_jax.perf import benchmark
+from ncl_jax.perf import benchmark, device_epoch
 from ncl_jax.perf.device_grid import FAMILIES, Grid, Spec, build_config, make_grid
-from ncl_jax.perf.device_report import JSON_NAME, markdown, metadata, summarize, write_outputs
+from ncl_jax.perf.device_report import (
+    JSON_NAME,
+    markdown,
+    metadata,
+    pipeline_summary,
+    summarize,
+    write_outputs,
+)
 from ncl_jax.perf.memory_fit import (
     Fit,
     device_bytes_limit,
@@ -312,9 +321,28 @@ def run(
             elapsed_s=time.perf_counter() - start,
             complete=complete,
         )
+        summary["device_pipeline"] = pipeline_summary(pipeline_row)
         summary["meta"]["imported"] = {m: m in sys.modules for m in _WATCHED_MODULES}
         write_outputs(out_dir, summary)
         return summary
+
+    def measure_pipeline() -> dict:
+        """The device pipeline row (ncl_jax.perf.device_epoch), first, within the budget."""
+        row: dict[str, Any] = {"status": "skipped", "reason": ""}
+        estimate = device_epoch.FIRST_ESTIMATE_S[kind]
+        used = time.perf_counter() - start
+        if used + estimate > budget:
+            row["reason"] = f"budget: {used:.0f} s used + ~{estimate:.0f} s > {budget:.0f} s"
+            return row
+        began = time.perf_counter()
+        try:
+            row.update(device_epoch.measure(kind), status="ok")
+        except Exception as err:  # noqa: BLE001 - the step grid still runs
+            row.update(status="oom" if is_out_of_memory(err) else "error", reason=_one_line(err))
+        gc.collect()
+        row["wall_s"] = round(time.perf_counter() - began, 2)
+        print(f"[pipeline] device pipeline end to end: {row['status']}", file=sys.stderr)
+        return row
 
     print(
         f"device check: {kind} grid, {len(grid.specs)} rows, budget {budget:.0f} s, "
@@ -322,7 +350,9 @@ def run(
         file=sys.stderr,
         flush=True,
     )
+    pipeline_row: dict[str, Any] = {"status": "not reached", "reason": ""}
     write([])
+    pipeline_row = measure_pipeline()
     records = run_grid(grid, measure=measure, budget_s=budget, start=start, fit=fit, on_row=write)
     summary = write(records, complete=True)
     print(markdown(summary))

@@ -186,6 +186,49 @@ def summarize(records, grid, *, meta, budget_s, elapsed_s, complete) -> dict[str
     }
 
 
+def pipeline_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """The device pipeline row (ncl_jax.perf.device_epoch) with, when measured, the projected
+    wall time of its recipe from its input + step rate (evaluation and checkpoints aside)."""
+    out = dict(row)
+    if row.get("status") == "ok":
+        out["projection"] = projection(
+            train_images=row["num_train"],
+            epochs=row["epochs"],
+            batch_size=row["batch_size"],
+            img_per_s=row["input_step_img_per_s"],
+        )
+    return out
+
+
+def _pipeline_lines(p: dict[str, Any] | None, reduced: bool) -> list[str]:
+    if not p:
+        return []
+    lines = [
+        f"## The device pipeline end to end ({p.get('config', 'configs/cifar10_lt.py:if100')})",
+        "",
+        "| status | input alone img/s | input + step img/s | steps/epoch | epochs "
+        "| projected min | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    proj = p.get("projection") or {}
+    projected = None if reduced or "projected_s" not in proj else proj["projected_s"] / 60
+    status = p["status"] + (f": {p['reason'][:80]}" if p.get("reason") else "")
+    lines.append(
+        f"| {status} | {_fmt(p.get('input_img_per_s'), '.0f')} "
+        f"| {_fmt(p.get('input_step_img_per_s'), '.0f')} | {proj.get('steps_per_epoch', '-')} "
+        f"| {p.get('epochs', '-')} | {_fmt(projected)} | {_fmt(p.get('wall_s'))} |"
+    )
+    lines += [
+        "",
+        "A synthetic dataset of the subset's size, read from a prepared cache through "
+        "`dataset.pipeline=device` (no TensorFlow), feeds the real train step; the projection "
+        "is its steps at the input + step rate (evaluation and checkpoints aside)"
+        + ("; the reduced grid's tiny row projects nothing." if reduced else "."),
+        "",
+    ]
+    return lines
+
+
 def _fmt(value, spec: str = ".1f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
@@ -260,6 +303,7 @@ def markdown(summary: dict[str, Any]) -> str:
             "shown; the JSON keeps the arithmetic for the tests": None
         }
     lines += ["", *[f"- {note}" for note in notes], ""]
+    lines += _pipeline_lines(summary.get("device_pipeline"), reduced)
     lines += [
         "## `auto` expert strategy",
         "",

@@ -20,17 +20,17 @@ import numpy as np
 from ncl_jax import data
 from ncl_jax.config import builders
 from ncl_jax.config.validation import validate_config
-from ncl_jax.config.variants import resolve_config
 from ncl_jax.core.train_step import pmap_train_step, replicate
 
 PIPELINES = ("device", "tfdata")
 
 
 def _with_pipeline(config, pipeline: str):
-    """A resolved copy of the unresolved command-line `config` reading through `pipeline`."""
+    """A copy of the resolved `config` reading through `pipeline`."""
     c = config.copy_and_resolve_references()
     c.dataset.pipeline = pipeline
-    return resolve_config(c)
+    c.lock()
+    return c
 
 
 def _batches(config) -> Iterator[dict[str, Any]]:
@@ -46,26 +46,39 @@ def _batches(config) -> Iterator[dict[str, Any]]:
         )
 
 
-def _rate(run, count: int, images_per_call: int) -> float:
-    """Images/s of `count` calls of run(), each waited for before the next starts (a deep
-    queue of dispatched pmapped steps deadlocked XLA:CPU's all-reduce on 2 host devices)."""
+def _rate(run, count: int, images_per_call: int, wait_each: bool) -> float:
+    """Images/s of `count` calls of run(): each waited for before the next starts, or (not
+    `wait_each`) dispatched ahead as the training loop does and waited for at the end."""
     start = time.perf_counter()
-    for _ in range(count):
-        jax.block_until_ready(run())
+    if wait_each:
+        for _ in range(count):
+            jax.block_until_ready(run())
+    else:
+        jax.block_until_ready([run() for _ in range(count)])
     return count * images_per_call / (time.perf_counter() - start)
 
 
 def time_input_and_step(
-    config, *, steps: int, warmup: int, repeats: int, pipelines: tuple[str, ...] = PIPELINES
+    config,
+    *,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    pipelines: tuple[str, ...] = PIPELINES,
+    wait_each: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """{pipeline: {"input_img_per_s", "input_step_img_per_s"}}: medians over `repeats` of
     `steps` batches each, the pipelines alternating within each repeat. Input alone is timed
     right after input + step, so tf.data's figure includes draining what its prefetch buffer
     filled meanwhile: time enough steps that a few batches do not matter.
 
-    `config` is unresolved (as on the command line); each pipeline gets a resolved copy.
-    Raises ConfigError/DataError as training would for a pipeline this dataset cannot use
-    (e.g. device for a dataset read from files)."""
+    `config` is resolved; each pipeline reads through a copy. wait_each: wait for each call
+    before the next (default: on a CPU, where dispatching 50 steps ahead made XLA:CPU's
+    all-reduce abort on 2 host devices, docs/performance.md); otherwise calls are dispatched
+    ahead, as training dispatches them. Raises ConfigError/DataError as training would for a
+    pipeline this dataset cannot use (e.g. device for a dataset read from files)."""
+    if wait_each is None:
+        wait_each = jax.default_backend() == "cpu"
     configs = {p: _with_pipeline(config, p) for p in pipelines}
     first = configs[pipelines[0]]
     validate_config(first, num_devices=jax.device_count())
@@ -94,8 +107,9 @@ def time_input_and_step(
     for _ in range(repeats):
         for p, stream in streams.items():
             r = rates[p]
-            r["input_step_img_per_s"].append(_rate(lambda s=stream: train(next(s)), steps, batch))
-            r["input_img_per_s"].append(_rate(lambda s=stream: next(s), steps, batch))
+            step = _rate(lambda s=stream: train(next(s)), steps, batch, wait_each)
+            r["input_step_img_per_s"].append(step)
+            r["input_img_per_s"].append(_rate(lambda s=stream: next(s), steps, batch, wait_each))
     loss = np.asarray(jax.device_get(train(next(streams[pipelines[0]]))["loss"]))
     loss_sum, loss_count = loss.sum(0)
     if not np.isfinite(loss_sum / loss_count):
