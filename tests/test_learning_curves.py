@@ -113,3 +113,17 @@ def test_setting_labels_drop_the_sweep_seed_and_default_directories(tmp_path):
     )
     assert label(root, f"{root}/bsce_seed43") == "bsce_seed43"
     assert label(root, root) == tmp_path.name
+
+
+def test_the_mean_line_says_which_epochs_it_covers_when_seeds_have_different_lengths():
+    full = {e: float(e) for e in range(1, 101)}
+    assert learning_curves.mean_label({"s42": full}) == ""
+    assert learning_curves.mean_label({"s42": full, "s43": dict(full)}) == ", mean of 2 seeds"
+    # A second seed that has trained 2 epochs: the thick line covers epochs 1-2 only.
+    assert (
+        learning_curves.mean_label({"s42": full, "s43": {1: 1.0, 2: 2.0}})
+        == ", mean of 2 seeds over epochs 1-2"
+    )
+    assert learning_curves.mean_label({"a": {1: 1.0}, "b": {2: 2.0}}) == (
+        ", mean of 2 seeds (no epoch in common)"
+    )

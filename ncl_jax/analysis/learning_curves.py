@@ -130,6 +130,21 @@ def _series(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def mean_label(per_run: dict[str, dict[int, float]]) -> str:
+    """The legend's note on the thick line of runs {run: {epoch: value}}: nothing for one run;
+    the number of seeds; and, when a seed has epochs another lacks (a sweep still running),
+    the epochs the mean covers (only those where every seed has a value)."""
+    if len(per_run) < 2:
+        return ""
+    common = sorted(set.intersection(*(set(p) for p in per_run.values())))
+    label = f", mean of {len(per_run)} seeds"
+    if not common:
+        return label + " (no epoch in common)"
+    if any(set(p) != set(common) for p in per_run.values()):
+        label += f" over epochs {common[0]}-{common[-1]}"
+    return label
+
+
 def _draw(ax, series: dict, metric: str, *, since_epoch: int = 0) -> bool:
     """Every setting's ensemble (solid) and best expert (dashed; K > 1 only), seeds thin,
     mean over seeds thick. Returns whether anything had values."""
@@ -162,7 +177,7 @@ def _draw(ax, series: dict, metric: str, *, since_epoch: int = 0) -> bool:
                 if not entry["several_experts"]
                 else (" ensemble" if model == "ensemble" else " best expert")
             )
-            seeds = f", mean of {len(per_run)} seeds" if len(per_run) > 1 else ""
+            seeds = mean_label(per_run)
             ax.plot(
                 common,
                 [np.mean([p[e] for p in per_run.values()]) for e in common],
