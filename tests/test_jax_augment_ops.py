@@ -137,3 +137,11 @@ def test_ops_jit_with_traced_parameters():
     x = jnp.asarray(IMAGES[0], jnp.float32)
     want = ops.rotate(ops.posterize(x, 4), 10.0, fill=(0,) * 3)
     np.testing.assert_array_equal(np.asarray(fn(x, 4, 10.0)), np.asarray(want))
+
+
+def test_view_statistics_of_the_test_view_are_equal_through_both_implementations():
+    images = check.check_images(8, 32)
+    stats = check.view_statistics("cifar_test", images, seed=7)
+    assert stats["tf"] == stats["jax"]  # the test view is equal bit for bit
+    assert stats["tf"]["mean"] == pytest.approx(images.mean())
+    assert 0.0 <= stats["tf"]["black"] <= 1.0 and 0.0 <= stats["tf"]["gray_fill"] <= 1.0

@@ -21,7 +21,7 @@ LAYERS = (
 )
 # Imports that may sit inside functions: heavy optional dependencies that must stay unloaded.
 LAZY = re.compile(
-    r"^(tensorflow|tensorflow_datasets|matplotlib|torch|clu)\b"
+    r"^(tensorflow|tensorflow_datasets|tensorboard|matplotlib|torch|clu)\b"
     r"|^ncl_jax\.data\.(datasets|sources|augment)$"
 )
 

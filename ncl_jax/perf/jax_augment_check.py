@@ -8,6 +8,7 @@ Speed: images/s of each JAX view (jitted over a batch, batched by lax.map and by
 against its tf.data view (parallel map, batched), in the same run.
 
     PYTHONPATH=. python -m ncl_jax.perf.jax_augment_check [--write] [--speed_images=2048]
+        [--stats_view=cifar_randaugment]
 
 `--write` replaces the agreement table in docs/data.md (between its markers).
 """
@@ -25,9 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
-from ncl_jax.data import augment, augment_ops, jax_augment, jax_augment_ops
+from ncl_jax.data import augment, augment_ops, jax_augment, jax_augment_ops, sources
 from ncl_jax.data import augment_tables as tables
+from ncl_jax.data.normalization import NORMALIZATION
 
 _FILL = tables.GRAY_FILL
 _BOX_SHRINK = (3, 5, 20, 27)  # (top, left, h, w): a crop shrunk to ... then enlarged to 32
@@ -211,6 +214,41 @@ def tf_view_rate(name: str, count: int, batch: int = 256) -> float:
     return count / (time.perf_counter() - start)
 
 
+def view_statistics(name: str, images: np.ndarray, seed: int) -> dict[str, dict[str, float]]:
+    """{"tf": stats, "jax": stats} of view `name` on uint8 images [N, 32, 32, 3] through both
+    implementations, keyed by `seed` (TF: seed (seed, i) for image i; JAX: split(key(seed))):
+    the mean and std of the 8-bit levels, and the fractions of pixels that are black (the
+    Cutout hole, among others) and the gray fill of the geometric ops. Two seeds of one
+    implementation show how much these move by chance (docs/results.md, the pipelines)."""
+    mean, std = (np.asarray(v, np.float64) for v in NORMALIZATION["cifar"])
+
+    def stats(out: np.ndarray) -> dict[str, float]:
+        levels = np.round((out.astype(np.float64) * std + mean) * 255.0)
+        return {
+            "mean": float(levels.mean()),
+            "std": float(levels.std()),
+            "black": float(np.all(levels == 0, axis=-1).mean()),
+            "gray_fill": float(np.all(levels == tables.GRAY_FILL[0], axis=-1).mean()),
+        }
+
+    view = augment.make_view(name, image_size=images.shape[1], normalization="cifar")
+    ds = tf.data.Dataset.from_tensor_slices(images).enumerate()
+    ds = ds.map(
+        lambda i, x: view(x, tf.stack([tf.constant(seed, tf.int64), i])),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).batch(1000)
+    tf_out = np.concatenate([np.asarray(b) for b in ds])
+    fn = jax.jit(lambda x, k: jax_augment.apply_view(name, x, k))
+    keys = jax.random.split(jax.random.key(seed), len(images))
+    jax_out = np.concatenate(
+        [
+            np.asarray(fn(jnp.asarray(images[i : i + 1000]), keys[i : i + 1000]))
+            for i in range(0, len(images), 1000)
+        ]
+    )
+    return {"tf": stats(tf_out), "jax": stats(jax_out)}
+
+
 _START = "<!-- jax_augment_check: start -->"
 _END = "<!-- jax_augment_check: end -->"
 
@@ -227,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="update docs/data.md's table")
     parser.add_argument("--speed_images", type=int, default=2048, help="0: skip the timing")
+    parser.add_argument(
+        "--stats_view",
+        default="",
+        help="also print view_statistics of this view on the cifar10_jpeg test images "
+        "(TFDS_DATA_DIR), seeds 7 and 8",
+    )
     args = parser.parse_args(argv)
     tf.config.set_visible_devices([], "GPU")
     images = check_images()
@@ -238,6 +282,12 @@ def main(argv: list[str] | None = None) -> None:
         print("over their bound:", ", ".join(r[0] for r in over))
     if args.write:
         write_table(table, pathlib.Path(__file__).resolve().parents[2] / "docs" / "data.md")
+    if args.stats_view:
+        test_images, _ = sources.load_tfds_arrays(tfds.builder("cifar10_jpeg"), "test", cache=False)
+        for seed in (7, 8):
+            for impl, st in view_statistics(args.stats_view, test_images, seed).items():
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in st.items())
+                print(f"{args.stats_view} seed {seed} {impl}: {shown}", flush=True)
     if args.speed_images:
         print("| view | JAX map images/s | JAX vmap images/s | tf.data images/s | map / tf.data |")
         print("|---|---|---|---|---|")
