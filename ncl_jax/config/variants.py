@@ -95,6 +95,16 @@ def _set(config, dotted: str, value) -> None:
     node[leaf] = value
 
 
+def replaced(config, changes: dict[str, Any]):
+    """A locked copy of the resolved `config` with the dotted fields of `changes` set, e.g.
+    replaced(config, {"dataset.pipeline": "device"}); `config` itself is left as it was."""
+    copy = config.copy_and_resolve_references()
+    for dotted, value in changes.items():
+        _set(copy, dotted, value)
+    copy.lock()
+    return copy
+
+
 def resolve_config(config):
     """A locked copy of `config` (no field can be added) with every field left None filled
     from the variant (PRESETS) or derived from other fields (DERIVED); fields already set are

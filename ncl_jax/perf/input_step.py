@@ -20,17 +20,10 @@ import numpy as np
 from ncl_jax import data
 from ncl_jax.config import builders
 from ncl_jax.config.validation import validate_config
+from ncl_jax.config.variants import replaced
 from ncl_jax.core.train_step import pmap_train_step, replicate
 
 PIPELINES = ("device", "tfdata")
-
-
-def _with_pipeline(config, pipeline: str):
-    """A copy of the resolved `config` reading through `pipeline`."""
-    c = config.copy_and_resolve_references()
-    c.dataset.pipeline = pipeline
-    c.lock()
-    return c
 
 
 def _batches(config) -> Iterator[dict[str, Any]]:
@@ -79,7 +72,7 @@ def time_input_and_step(
     pipeline this dataset cannot use (e.g. device for a dataset read from files)."""
     if wait_each is None:
         wait_each = jax.default_backend() == "cpu"
-    configs = {p: _with_pipeline(config, p) for p in pipelines}
+    configs = {p: replaced(config, {"dataset.pipeline": p}) for p in pipelines}
     first = configs[pipelines[0]]
     validate_config(first, num_devices=jax.device_count())
     info = data.get_dataset_info(first.dataset)

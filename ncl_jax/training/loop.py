@@ -31,6 +31,7 @@ from ncl_jax import data
 from ncl_jax.config import builders
 from ncl_jax.config.model_cost import model_cost
 from ncl_jax.config.validation import validate_config
+from ncl_jax.config.variants import replaced
 from ncl_jax.core.metrics import MetricSums, eval_scalars
 from ncl_jax.core.train_step import pmap_eval_counts_step, pmap_train_step, replicate, unreplicate
 from ncl_jax.errors import CheckpointError, TrainingDiverged
@@ -96,18 +97,6 @@ def resolve_steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
     return min(full, config.steps_per_epoch) if config.steps_per_epoch > 0 else full
 
 
-def _with_pipeline(config: ml_collections.ConfigDict, pipeline: str) -> ml_collections.ConfigDict:
-    """`config` reading through `pipeline` (what dataset.pipeline=auto chose on this host), so
-    that config.json records the choice and a resumed run, on any platform, reads through the
-    same pipeline: their augmentations draw differently (config.resume_rules)."""
-    if config.dataset.pipeline == pipeline:
-        return config
-    concrete = config.copy_and_resolve_references()
-    concrete.dataset.pipeline = pipeline
-    concrete.lock()
-    return concrete
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -136,8 +125,12 @@ def train_and_evaluate(
     if resume_step is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"--step={resume_step}: {workdir} has no checkpoints to resume.")
     info = data.get_dataset_info(config.dataset)  # a missing dataset fails before any file
-    # An impossible pipeline fails before any file too; `auto` is replaced by its choice.
-    config = _with_pipeline(config, data.resolve_pipeline(config.dataset))
+    # An impossible pipeline fails before any file too. `auto` is replaced by its choice, so
+    # that config.json records it and a resumed run, on any platform, reads through the same
+    # pipeline (their augmentations draw differently: config.resume_rules).
+    pipeline = data.resolve_pipeline(config.dataset)
+    if config.dataset.pipeline != pipeline:
+        config = replaced(config, {"dataset.pipeline": pipeline})
     lock = _lock_workdir(workdir, take_over_lock)
     try:
         checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
