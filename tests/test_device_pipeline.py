@@ -262,3 +262,26 @@ def test_an_older_run_config_gets_the_pipeline_it_was_trained_with():
     config = resolve_config(ml_collections.ConfigDict(saved))
     assert config.dataset.pipeline == "auto" and config.dataset.cache_path == ""
     assert device_pipeline.resolve_pipeline(config.dataset) == "tfdata"  # on this CPU host
+
+
+@pytest.mark.parametrize("devices,processes", [(1, 1), (8, 1), (4, 2)])
+def test_with_a_deterministic_view_both_pipelines_yield_the_same_batches(
+    tmp_path, devices, processes
+):
+    """The two pipelines share everything but the random streams of their views: with the
+    identity view (the real JAX one) the tf.data and device batches are equal bit for bit, so
+    a difference in training between them can only come from the views' randomness (this is
+    how docs/results.md's parity section rules out the batching, order and normalisation)."""
+    cfg = write_tiny_cache(tmp_path / "tiny.npz")
+    cfg.train_view = "cifar_test"
+    batches = {}
+    for pipeline in ("tfdata", "device"):
+        cfg.pipeline = pipeline
+        per_process = [
+            _train(cfg, devices=devices, process=p, processes=processes, two_views=False)
+            for p in range(processes)
+        ]
+        batches[pipeline] = {k: _global(per_process, k) for k in ("image", "label")}
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(batches["tfdata"][key], batches["device"][key])
+    assert batches["device"]["image"].shape == (3, 16, 8, 8, 3)
