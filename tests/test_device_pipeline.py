@@ -225,6 +225,47 @@ def test_training_evaluation_and_analysis_from_a_cache_import_no_tensorflow(tmp_
     assert (out / "analysis.json").is_file()
 
 
+# Device-pipeline batches (the real JAX RandAugment view) and a pmapped all-reduce, all
+# dispatched ahead on 2 host devices, as a training loop does.
+_DISPATCH_AHEAD = """
+import sys
+import jax, jax.numpy as jnp
+from ncl_jax import data
+from tests.device_helpers import write_tiny_cache
+cfg = write_tiny_cache(sys.argv[1], num_train=640)
+step = jax.pmap(lambda x, y: jax.lax.psum(jnp.mean(x) + jnp.sum(y), "i"), axis_name="i")
+outs = []
+for epoch in range(30):
+    for b in data.train_iterator(cfg, global_batch_size=64, seed=1, epoch=epoch,
+                                 num_local_devices=2):
+        outs.append(step(b["image"], b["label"]))
+jax.block_until_ready(outs)
+print("DISPATCHED", len(outs))
+"""
+
+
+@pytest.mark.slow
+def test_views_and_an_all_reduce_dispatched_far_ahead_on_cpu_devices_finish(tmp_path):
+    """XLA:CPU aborted this (300 calls ahead; a host device waited past the all-reduce's
+    rendezvous timeout) until the device pipeline waited for each batch's views on CPU."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "PYTHONPATH": str(REPO),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _DISPATCH_AHEAD, str(tmp_path / "tiny.npz")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DISPATCHED 300" in result.stdout
+
+
 def test_cache_stores_the_subset_rows_in_subset_order(tmp_path):
     # As a TFDS in-memory split after the long-tailed subset: storage rows chosen and reordered.
     storage = id_images(np.arange(20))

@@ -178,6 +178,17 @@ def _local_devices(num_local_devices: int) -> tuple:
     return tuple(devices[:num_local_devices])
 
 
+def _waits_for_views(devices: tuple) -> bool:
+    """Whether each batch's views are waited for before the batch is handed on: on CPU
+    devices only. XLA:CPU aborts the process when the augmentation (long lax.map loops) and a
+    step with an all-reduce are dispatched more than about a hundred calls ahead: one host
+    device waits at the all-reduce past XLA's 40 s rendezvous timeout for the other
+    (tests/test_device_pipeline.py reproduces it). The CPU cores run the views and the step in
+    turn anyway, so waiting costs no measurable speed there (docs/performance.md);
+    accelerators keep dispatching ahead."""
+    return all(d.platform == "cpu" for d in devices)
+
+
 def _seed_epoch(seed: int, epoch: int) -> np.ndarray:
     if not 0 <= seed < 2**32 or not 0 <= epoch < 2**32:
         raise ConfigError(f"seed={seed} and epoch={epoch} must lie in [0, 2**32).")
@@ -218,8 +229,11 @@ def train_iterator(
     indices = epoch_order(seed, epoch, len(data.train))[positions]
     labels = data.train.labels[indices].astype(np.int32).reshape(shape)
     positions, indices = positions.reshape(shape), indices.reshape(shape)
+    wait = _waits_for_views(devices)
     for step in range(shard.num_steps):
         views = step_fn(images, indices[step], positions[step], seed_epoch)
+        if wait:
+            jax.block_until_ready(views)
         yield {"label": labels[step], **dict(zip(("image", "key_image"), views, strict=False))}
 
 
@@ -257,6 +271,9 @@ def eval_iterator(
     labels = np.where(mask, data.eval.labels[indices], 0).astype(np.int32).reshape(shape)
     positions, indices, mask = (a.reshape(shape) for a in (positions, indices, mask))
     seed_epoch = _seed_epoch(0, 0)
+    wait = _waits_for_views(devices)
     for step in range(shard.num_steps):
         (image,) = step_fn(images, indices[step], positions[step], seed_epoch)
+        if wait:
+            jax.block_until_ready(image)
         yield {"image": image, "label": labels[step], "mask": mask[step]}

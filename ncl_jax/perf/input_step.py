@@ -39,15 +39,12 @@ def _batches(config) -> Iterator[dict[str, Any]]:
         )
 
 
-def _rate(run, count: int, images_per_call: int, wait_each: bool) -> float:
-    """Images/s of `count` calls of run(): each waited for before the next starts, or (not
-    `wait_each`) dispatched ahead as the training loop does and waited for at the end."""
+def _rate(run, count: int, images_per_call: int) -> float:
+    """Images/s of `count` calls of run(), dispatched ahead as the training loop does and
+    waited for at the end (on CPU devices the device pipeline waits for each batch's views
+    itself, `device_pipeline._waits_for_views`)."""
     start = time.perf_counter()
-    if wait_each:
-        for _ in range(count):
-            jax.block_until_ready(run())
-    else:
-        jax.block_until_ready([run() for _ in range(count)])
+    jax.block_until_ready([run() for _ in range(count)])
     return count * images_per_call / (time.perf_counter() - start)
 
 
@@ -58,20 +55,15 @@ def time_input_and_step(
     warmup: int,
     repeats: int,
     pipelines: tuple[str, ...] = PIPELINES,
-    wait_each: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """{pipeline: {"input_img_per_s", "input_step_img_per_s"}}: medians over `repeats` of
     `steps` batches each, the pipelines alternating within each repeat. Input alone is timed
     right after input + step, so tf.data's figure includes draining what its prefetch buffer
     filled meanwhile: time enough steps that a few batches do not matter.
 
-    `config` is resolved; each pipeline reads through a copy. wait_each: wait for each call
-    before the next (default: on a CPU, where dispatching 50 steps ahead made XLA:CPU's
-    all-reduce abort on 2 host devices, docs/performance.md); otherwise calls are dispatched
-    ahead, as training dispatches them. Raises ConfigError/DataError as training would for a
-    pipeline this dataset cannot use (e.g. device for a dataset read from files)."""
-    if wait_each is None:
-        wait_each = jax.default_backend() == "cpu"
+    `config` is resolved; each pipeline reads through a copy. Raises ConfigError/DataError
+    as training would for a pipeline this dataset cannot use (e.g. device for a dataset read
+    from files)."""
     configs = {p: replaced(config, {"dataset.pipeline": p}) for p in pipelines}
     first = configs[pipelines[0]]
     validate_config(first, num_devices=jax.device_count())
@@ -100,9 +92,9 @@ def time_input_and_step(
     for _ in range(repeats):
         for p, stream in streams.items():
             r = rates[p]
-            step = _rate(lambda s=stream: train(next(s)), steps, batch, wait_each)
+            step = _rate(lambda s=stream: train(next(s)), steps, batch)
             r["input_step_img_per_s"].append(step)
-            r["input_img_per_s"].append(_rate(lambda s=stream: next(s), steps, batch, wait_each))
+            r["input_img_per_s"].append(_rate(lambda s=stream: next(s), steps, batch))
     loss = np.asarray(jax.device_get(train(next(streams[pipelines[0]]))["loss"]))
     loss_sum, loss_count = loss.sum(0)
     if not np.isfinite(loss_sum / loss_count):
