@@ -27,7 +27,7 @@ from ncl_jax.evaluation.test_distributions import (
     format_distributions,
     parse_test_distributions,
 )
-from ncl_jax.training.checkpointing import write_json_atomically
+from ncl_jax.training.run_files import write_json_atomically
 from ncl_jax.training.saved_runs import evaluate_saved_run
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from ncl_jax import cli
 from ncl_jax.errors import CheckpointError
-from ncl_jax.training import checkpointing, loop, workdir_lock
+from ncl_jax.training import loop, state_checks, storage_faults, workdir_lock
 from ncl_jax.training.checkpointing import CheckpointRemoved, RunCheckpoints
 from tests.tiny import smoke_config
 
@@ -308,8 +308,8 @@ def test_a_full_disk_is_one_line_naming_the_path_the_space_and_the_last_good_che
         "(errno 28); it needs about 1.0 MiB, "
     )
     assert f" MiB are free there; the last good checkpoint is {tmp_path}/checkpoints/1:" in err
-    assert f"Details: {tmp_path}/{checkpointing.TRACEBACK_FILE}" in err
-    assert "OSError: [Errno 28]" in (tmp_path / checkpointing.TRACEBACK_FILE).read_text()
+    assert f"Details: {tmp_path}/{storage_faults.TRACEBACK_FILE}" in err
+    assert "OSError: [Errno 28]" in (tmp_path / storage_faults.TRACEBACK_FILE).read_text()
     monkeypatch.undo()
     state, meta = checkpoints.restore("checkpoints", 1, {"w": MIB})  # intact
     assert meta["step"] == 1 and checkpoints.steps() == [1]
@@ -329,7 +329,8 @@ def test_a_failure_of_the_background_write_is_reported_by_the_next_wait(tmp_path
         raise ValueError(message)
 
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", quota)
-    with pytest.raises(checkpointing.SaveFailed, match="checkpoints/1 failed: Disk quota exceeded"):
+    quota_exceeded = "checkpoints/1 failed: Disk quota exceeded"
+    with pytest.raises(storage_faults.SaveFailed, match=quota_exceeded):
         checkpoints.wait()
     monkeypatch.undo()
     checkpoints.close()
@@ -344,13 +345,13 @@ def test_a_failed_save_that_is_not_about_storage_keeps_its_traceback(tmp_path, m
     monkeypatch.setattr(ocp.CheckpointManager, "save", bug)
     with pytest.raises(TypeError, match="a bug"):
         checkpoints.save("checkpoints", 1, {"w": MIB}, {"step": 1})
-    assert not (tmp_path / checkpointing.TRACEBACK_FILE).exists()
+    assert not (tmp_path / storage_faults.TRACEBACK_FILE).exists()
     monkeypatch.undo()
     checkpoints.close()
 
 
 def test_orbax_error_logs_of_a_reported_storage_failure_are_dropped():
-    quiet = checkpointing._StorageErrorsReported()
+    quiet = storage_faults.StorageErrorsReported()
 
     def record(message, pathname="/site-packages/orbax/checkpoint/_src/x.py"):
         return logging.LogRecord("absl", logging.ERROR, pathname, 1, message, None, None)
@@ -441,13 +442,13 @@ def test_a_checkpoint_whose_bytes_rot_into_finite_values_is_refused_naming_it(tm
 
 def test_the_digest_covers_every_array_by_its_path():
     state = {"a": np.arange(3, dtype=np.float32), "b": {"c": np.int32(7)}}
-    digest = checkpointing.state_digest(state)
+    digest = state_checks.state_digest(state)
     assert digest == {
         "['a']": hashlib.sha256(np.arange(3, dtype=np.float32).tobytes()).hexdigest(),
         "['b']['c']": hashlib.sha256(np.int32(7).tobytes()).hexdigest(),
     }
     changed = {"a": np.array([0, 1, 2.0000002], np.float32), "b": {"c": np.int32(7)}}
-    assert checkpointing.state_digest(changed)["['a']"] != digest["['a']"]
+    assert state_checks.state_digest(changed)["['a']"] != digest["['a']"]
 
 
 def test_a_truncated_checkpoint_is_skipped_without_event_loop_tracebacks(tmp_path, monkeypatch):
@@ -484,7 +485,7 @@ def test_only_the_late_reads_of_a_failed_restore_are_silenced(monkeypatch):
     except RuntimeError as err:
         late = err
     other = RuntimeError("Event loop is closed")  # raised elsewhere: still reported
-    checkpointing._drop_late_reads_of_failed_restores()
+    storage_faults.drop_late_reads_of_failed_restores()
     for exc in (late, other):
         sys.unraisablehook(
             types.SimpleNamespace(

@@ -99,7 +99,7 @@ def test_a_config_written_before_the_new_fields_evaluates_and_resumes_as_trained
     values those runs were trained with, and resuming them is not refused."""
     import ml_collections
 
-    from ncl_jax.training.checkpointing import config_differences, config_to_dict
+    from ncl_jax.training.run_files import config_differences, config_to_dict
 
     current = resolve_config(
         _load(

@@ -37,7 +37,7 @@ from ncl_jax.evaluation import test_distributions as test_distributions_module
 from ncl_jax.evaluation.evaluate import eval_batches
 from ncl_jax.evaluation.plots import setting_caption
 from ncl_jax.training import host_devices
-from ncl_jax.training.checkpointing import write_json_atomically
+from ncl_jax.training.run_files import write_json_atomically
 from ncl_jax.training.saved_runs import load_run, read_run_config, selection_note
 
 SCHEMA_VERSION = 2  # 2: test_distributions (per run, with --test_distributions)

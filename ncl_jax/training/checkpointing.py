@@ -18,10 +18,10 @@ records e; `best`; `last_eval`; `best_evals`, the whole evaluation at each best 
 `eval_pending`, true for an end-of-epoch checkpoint saved before that epoch's evaluation;
 `state_sha256`, the SHA-256 of every array, checked on restore and not returned).
 
-A save that fails for lack of space or rights (STORAGE_ERRNOS) raises SaveFailed, one line
-naming the checkpoint, the space it needs and has, and the newest good checkpoint, with the
-traceback in WORKDIR/error_traceback.txt; Orbax's uncommitted directory of that step is
-ignored, and the rerun resumes from the newest committed one.
+A save that fails for lack of space or rights (storage_faults.STORAGE_ERRNOS) raises
+SaveFailed, one line naming the checkpoint, the space it needs and has, and the newest good
+checkpoint, with the traceback in WORKDIR/error_traceback.txt; Orbax's uncommitted directory
+of that step is ignored, and the rerun resumes from the newest committed one.
 
 No checkpoint ever holds a non-finite value (NaN, Inf, or |x| >= 2^64, which only a diverged
 update produces; `metrics.all_finite`): `save` refuses such a state and `restore` refuses to
@@ -30,17 +30,10 @@ return one, so a damaged or pre-guard checkpoint cannot be resumed or evaluated 
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
-import logging as logging_lib
 import os
-import re
 import shutil
-import sys
-import tempfile
 import time
-import traceback
 from typing import Any
 
 import jax
@@ -48,95 +41,29 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from ncl_jax.config.resume_rules import check_extension, resume_differences
-from ncl_jax.config.variants import LEGACY_DEFAULTS
 from ncl_jax.core.metrics import tree_is_finite
 from ncl_jax.errors import CheckpointError, ConfigError, TrainingDiverged
+from ncl_jax.training import run_files
+from ncl_jax.training.run_files import RESULT_FILE, config_to_dict, write_json_atomically
+from ncl_jax.training.state_checks import DIGEST_KEY, NONFINITE, shape_mismatch, state_digest
+from ncl_jax.training.storage_faults import (
+    SaveFailed,
+    drop_late_reads_of_failed_restores,
+    megabytes,
+    quiet_orbax_storage_errors,
+    storage_errno,
+    write_traceback,
+)
 
 KINDS = ("checkpoints", "best_ensemble", "best_single")
-
-
-# errno values of a save that failed for lack of space or rights, not for a bug.
-STORAGE_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
-)
-# TensorStore reports them inside a ValueError: "... [os_error_code='28']".
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-TRACEBACK_FILE = "error_traceback.txt"
-# The meta field holding state_digest(state) (absent in checkpoints of older versions).
-DIGEST_KEY = "state_sha256"
-
-
-class SaveFailed(CheckpointError):
-    """A checkpoint could not be written (no space, no permission, quota); the newest
-    committed checkpoint is intact and a rerun resumes from it."""
-
-
-def storage_errno(err: BaseException) -> int | None:
-    """The errno of a failed write somewhere in `err`'s chain (an OSError, or TensorStore's
-    `os_error_code` inside Orbax's ValueError) when it is one of STORAGE_ERRNOS, else None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
-            return err.errno
-        match = _OS_ERROR_CODE.search(str(err))
-        if match and int(match[1]) in STORAGE_ERRNOS:
-            return int(match[1])
-        err = err.__cause__ or err.__context__
-    return None
-
-
-class _StorageErrorsReported(logging_lib.Filter):
-    """Drops Orbax's ERROR records (each with a traceback, several per failed save, from its
-    background threads) about a failed write with a STORAGE_ERRNOS code: RunCheckpoints
-    reports that failure as one SaveFailed line, with the traceback in a file."""
-
-    def filter(self, record: logging_lib.LogRecord) -> bool:
-        if record.levelno < logging_lib.ERROR or "/orbax/" not in record.pathname:
-            return True
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            return storage_errno(record.exc_info[1]) is None
-        match = _OS_ERROR_CODE.search(text)
-        return not (match and int(match[1]) in STORAGE_ERRNOS)
-
-
-def _quiet_orbax_storage_errors() -> None:
-    absl_logger = logging_lib.getLogger("absl")
-    if not any(isinstance(f, _StorageErrorsReported) for f in absl_logger.filters):
-        absl_logger.addFilter(_StorageErrorsReported())
 
 
 class CheckpointRemoved(CheckpointError):
     """The checkpoint was deleted while it was being read: a training run writing the workdir
     rotated it away (keep_checkpoints, or the single best_* kept). Nothing is damaged."""
-
-
-NONFINITE = "NaN, Inf or |x| >= 2^64"
-
-# Written once a run has trained every epoch: what ncl_jax.report reads (a workdir without it
-# is unfinished).
-RESULT_FILE = "result.json"
-
-
-def _flatten(tree: dict) -> dict[str, Any]:
-    return traverse_util.flatten_dict(tree, sep=".")
-
-
-def _flat_saved(saved: dict) -> dict[str, Any]:
-    """A saved config, flat; a field it predates counts as its legacy value
-    (ncl_jax.config.variants.LEGACY_DEFAULTS)."""
-    return {**LEGACY_DEFAULTS, **_flatten(saved)}
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Fields (dotted) whose values differ and that change the maths
-    (ncl_jax.config.resume_rules: all but RUNTIME_FIELDS)."""
-    return resume_differences(_flat_saved(saved), _flatten(current))[0]
 
 
 CHECKPOINT_CHOICES = ("latest", "best_ensemble", "best_single")
@@ -159,108 +86,6 @@ def parse_checkpoint(value: str | int | None) -> str | int | None:
     )
 
 
-def shape_mismatch(restored: Any, target: Any) -> str | None:
-    """None when every restored array has its target's shape, else what differs.
-
-    Orbax restores arrays at their saved shapes even when the target's differ (a config.json
-    edited after training, a checkpoint copied from another run), which would only fail deep
-    inside Flax; this names the first difference instead."""
-    paths = lambda tree: {
-        jax.tree_util.keystr(k): tuple(np.shape(v))
-        for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-    saved, wanted = paths(restored), paths(target)
-    differ = [k for k in wanted if saved.get(k) != wanted[k]] + [
-        k for k in saved if k not in wanted
-    ]
-    if not differ:
-        return None
-    first = differ[0]
-    return (
-        f"{len(differ)} arrays differ, e.g. {first.lstrip('.')}: saved {saved.get(first)}, "
-        f"the config needs {wanted.get(first)}"
-    )
-
-
-def _is_late_read(unraisable) -> bool:
-    """Whether an unraisable exception is asyncio's 'Event loop is closed' raised in
-    call_soon_threadsafe: TensorStore delivering, after Orbax gave up a restore on its first
-    failed read and closed that restore's event loop, the results of its other reads."""
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return (
-        isinstance(unraisable.exc_value, RuntimeError)
-        and str(unraisable.exc_value) == "Event loop is closed"
-        and tb is not None
-        and tb.tb_frame.f_code.co_name == "_check_closed"
-        and "asyncio" in tb.tb_frame.f_code.co_filename
-    )
-
-
-def _drop_late_reads_of_failed_restores() -> None:
-    """Silences the dozens of 'Event loop is closed' tracebacks (sys.unraisablehook) that
-    follow a restore of a damaged checkpoint (_is_late_read); the restore has already failed
-    with its own message, and nothing else reaches the closed loop. Other unraisable
-    exceptions go to the previous hook. Installed once, at the first failed restore."""
-    previous = sys.unraisablehook
-    if getattr(previous, "ncl_drops_late_reads", False):
-        return
-
-    def hook(unraisable) -> None:
-        if not _is_late_read(unraisable):
-            previous(unraisable)
-
-    hook.ncl_drops_late_reads = True
-    sys.unraisablehook = hook
-
-
-def state_digest(state: Any) -> dict[str, str]:
-    """{array path: SHA-256 of its bytes} of a host state tree. Saved in each checkpoint's
-    meta (DIGEST_KEY) and compared on restore, so bytes that rot on disk into other finite
-    values are caught; the cost per checkpoint is in docs/performance.md."""
-    return {
-        jax.tree_util.keystr(path): hashlib.sha256(
-            np.ascontiguousarray(np.asarray(leaf)).tobytes()
-        ).hexdigest()
-        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
-    }
-
-
-def write_json_atomically(path: epath.PathLike, value: Any) -> None:
-    """Writes JSON via a temporary file and a rename (local disks and gs:// alike), so a
-    crash never leaves a half-written file."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
-def config_to_dict(config) -> dict:
-    """A JSON-safe dict of a ConfigDict (tuples become lists, as after a JSON round trip)."""
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def _megabytes(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
-
-
-def _write_traceback(workdir: str, err: BaseException) -> str:
-    """Writes err's traceback to WORKDIR/error_traceback.txt, or (when the workdir cannot
-    take it, as on a full disk) to the temporary directory; returns the path written."""
-    text = "".join(traceback.format_exception(err))
-    for folder in (workdir, tempfile.gettempdir()):
-        name = TRACEBACK_FILE if folder == workdir else f"ncl_jax_{os.getpid()}_{TRACEBACK_FILE}"
-        path = os.path.join(folder, name)
-        try:
-            epath.Path(path).write_text(text)
-            return path
-        except OSError:
-            continue
-    return "the traceback could not be written anywhere"
-
-
 class RunCheckpoints:
     """The three checkpoint managers of one workdir; read_only for evaluation."""
 
@@ -271,7 +96,7 @@ class RunCheckpoints:
         self._managers: dict[str, ocp.CheckpointManager] = {}
         self._pending: list[tuple[str, int, int]] = []  # (kind, step, bytes) being written
         if not read_only:
-            _quiet_orbax_storage_errors()
+            quiet_orbax_storage_errors()
         self._open()
 
     def _open(self) -> None:
@@ -330,7 +155,7 @@ class RunCheckpoints:
             if jax.process_index() == 0:
                 write_json_atomically(self.config_path, current)
             return
-        flat_saved, flat_current = _flat_saved(saved), _flatten(current)
+        flat_saved, flat_current = run_files.flat_saved(saved), run_files.flatten(current)
         extending = extend and flat_saved.get("num_epochs") != config.num_epochs
         if extending:
             check_extension(flat_saved, config.num_epochs)
@@ -484,7 +309,7 @@ class RunCheckpoints:
                 ),
             )
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
-            _drop_late_reads_of_failed_restores()
+            drop_late_reads_of_failed_restores()
             if self._removed(kind, step):
                 raise CheckpointRemoved(
                     f"checkpoint {where} was removed while it was being read: a training run "
@@ -622,7 +447,7 @@ class RunCheckpoints:
         space = ""
         if "://" not in self.workdir:
             free = shutil.disk_usage(self.workdir).free
-            space = f"; it needs about {_megabytes(nbytes)}, {_megabytes(free)} are free there"
+            space = f"; it needs about {megabytes(nbytes)}, {megabytes(free)} are free there"
         good = self.latest_step()
         last_good = (
             f"the last good checkpoint is {self.workdir}/checkpoints/{good}: free space (or fix "
@@ -630,7 +455,7 @@ class RunCheckpoints:
             if good is not None
             else "no checkpoint was written yet: free space and rerun the same command"
         )
-        details = _write_traceback(self.workdir, err)
+        details = write_traceback(self.workdir, err)
         raise SaveFailed(
             f"saving checkpoint {where} failed: {os.strerror(code)} (errno {code}){space}; "
             f"{last_good}. Details: {details}"

@@ -38,7 +38,8 @@ from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.evaluation.evaluate import eval_batches, evaluation_counts
 from ncl_jax.evaluation.plots import per_class_image
 from ncl_jax.evaluation.tail_metrics import evaluation_body
-from ncl_jax.training.checkpointing import RESULT_FILE, RunCheckpoints, write_json_atomically
+from ncl_jax.training.checkpointing import RunCheckpoints
+from ncl_jax.training.run_files import RESULT_FILE, write_json_atomically
 from ncl_jax.training.saved_runs import read_result
 from ncl_jax.training.workdir_lock import WorkdirLock
 from ncl_jax.training.writers import create_progress, create_writer

@@ -18,7 +18,8 @@ from ncl_jax.errors import CheckpointError
 from ncl_jax.evaluation import test_distributions as test_distributions_module
 from ncl_jax.evaluation.evaluate import eval_batches, run_evaluation
 from ncl_jax.training import host_devices
-from ncl_jax.training.checkpointing import RESULT_FILE, RunCheckpoints
+from ncl_jax.training.checkpointing import RunCheckpoints
+from ncl_jax.training.run_files import RESULT_FILE
 
 
 def read_result(workdir: str) -> dict | None:

@@ -29,7 +29,7 @@ import time
 from ncl_jax.config.validation import validate_config
 from ncl_jax.config.variants import resolve_config
 from ncl_jax.errors import ConfigError
-from ncl_jax.training.checkpointing import write_json_atomically
+from ncl_jax.training.run_files import write_json_atomically
 
 SWEEP_FILE = "sweep.json"
 STATUS_FILE = "sweep_status.json"
