@@ -186,10 +186,11 @@ print("TF_LOADED", "tensorflow" in sys.modules, file=sys.stderr)
 """
 
 
-def _run_without_tensorflow(program: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+def _run_script(script: str, *args: str, xla_flags: str = "") -> subprocess.CompletedProcess:
+    """python -c SCRIPT ARGS in a fresh CPU-only process at the repo root; asserts exit 0."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-c", _REPORT_TF, program, *args],
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -197,6 +198,11 @@ def _run_without_tensorflow(program: str, *args: str) -> subprocess.CompletedPro
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _run_without_tensorflow(program: str, *args: str) -> subprocess.CompletedProcess:
+    result = _run_script(_REPORT_TF, program, *args)
     assert "TF_LOADED False" in result.stderr, result.stderr[-3000:]
     return result
 
@@ -248,21 +254,8 @@ print("DISPATCHED", len(outs))
 def test_views_and_an_all_reduce_dispatched_far_ahead_on_cpu_devices_finish(tmp_path):
     """XLA:CPU aborted this (300 calls ahead; a host device waited past the all-reduce's
     rendezvous timeout) until the device pipeline waited for each batch's views on CPU."""
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "PYTHONPATH": str(REPO),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", _DISPATCH_AHEAD, str(tmp_path / "tiny.npz")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    two_devices = "--xla_force_host_platform_device_count=2"
+    result = _run_script(_DISPATCH_AHEAD, str(tmp_path / "tiny.npz"), xla_flags=two_devices)
     assert "DISPATCHED 300" in result.stdout
 
 
