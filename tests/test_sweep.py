@@ -282,3 +282,44 @@ def test_sweep_of_two_settings_and_two_seeds_resumes_a_killed_run_and_reports(tm
     rows = list(csv.DictReader((workdir / report.REPORT_CSV).open()))
     assert [(r["loss.hard_ratio"], r["runs"]) for r in rows] == [("0.2", "2"), ("0.4", "2")]
     assert (workdir / report.REPORT_MD).read_text().startswith("| loss.hard_ratio |")
+
+
+def test_the_convergence_study_script_runs_the_sweeps_it_is_asked_for(tmp_path):
+    """launch/convergence_study.sh with a stand-in python that records its arguments: the
+    default rows alternate seed by seed; ROW:SEED runs that seed of the row alone (its
+    ncl-sweep --task); an unknown row or seed is one error before anything runs."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+
+    def study(*rows: str) -> tuple[int, list[str]]:
+        calls.write_text("")
+        env = {**os.environ, "PYTHON": str(fake)}
+        done = subprocess.run(
+            ["bash", "launch/convergence_study.sh", str(tmp_path / "out"), *rows],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        runs = []
+        for line in calls.read_text().splitlines():
+            args = line.split()
+            ablation = args[2].split("ablation=")[1]
+            runs.append(
+                " ".join([ablation, *[a for a in args if a.startswith(("--seeds", "--task"))]])
+            )
+        return done.returncode, runs
+
+    assert study() == (
+        0,
+        ["baseline --seeds=1", "ncl --seeds=1", "baseline --seeds=2", "ncl --seeds=2"],
+    )
+    assert study("bsce:43", "nil") == (
+        0,
+        ["nil --seeds=1", "baseline --seeds=2 --task=1", "nil --seeds=2"],
+    )
+    assert study("ncl:42") == (0, ["ncl --seeds=1 --task=0"])
+    assert study("ncl:44") == (2, [])
+    assert study("resnet") == (2, [])
