@@ -127,3 +127,13 @@ def test_the_mean_line_says_which_epochs_it_covers_when_seeds_have_different_len
     assert learning_curves.mean_label({"a": {1: 1.0}, "b": {2: 2.0}}) == (
         ", mean of 2 seeds (no epoch in common)"
     )
+
+
+def test_the_groups_figure_has_a_panel_only_for_groups_with_test_images(tmp_path):
+    # CIFAR-10-LT has no few-shot class: its panel would be an empty axis.
+    _run(tmp_path / "a", seed=1, experts=lambda e: [e, e + 1.0], epochs=2)
+    rows = learning_curves.collect(str(tmp_path))
+    assert learning_curves.present_groups(rows) == ("many", "medium")
+    for row in rows:
+        row["ensemble_few"] = 3.0
+    assert learning_curves.present_groups(rows) == ("many", "medium", "few")

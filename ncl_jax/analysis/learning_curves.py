@@ -28,7 +28,7 @@ import numpy as np
 from ncl_jax.analysis.curves import read_scalars
 from ncl_jax.analysis.report import METRICS, find_runs, setting_key
 from ncl_jax.errors import ConfigError
-from ncl_jax.evaluation.plots import new_figure, palette, save_figure
+from ncl_jax.evaluation.plots import GROUP_ORDER, new_figure, palette, save_figure
 
 CURVES_CSV = "curves.csv"
 TOP1_FIGURE = "curves_top1.png"
@@ -212,12 +212,21 @@ def plot_top1(rows: list[dict], path: str) -> str:
     return save_figure(fig, path)
 
 
+def present_groups(rows: list[dict]) -> tuple[str, ...]:
+    """The class groups (many / medium / few) with a value in any row, in that order; all
+    three when none has one. CIFAR-10-LT has no few-shot class under either rule, and an
+    empty panel would only say so."""
+    groups = tuple(g for g in GROUP_ORDER if any(r[f"ensemble_{g}"] is not None for r in rows))
+    return groups or GROUP_ORDER
+
+
 def plot_groups(rows: list[dict], path: str) -> str:
-    """Many / medium / few top-1 against epoch, one panel each."""
+    """Top-1 against epoch of each class group with test images, one panel each."""
     series = _series(rows)
-    fig = new_figure(13, 4.2)
-    axes = fig.subplots(1, 3, sharey=True)
-    for ax, group in zip(axes, ("many", "medium", "few"), strict=True):
+    groups = present_groups(rows)
+    fig = new_figure(4.4 * len(groups) + 0.2, 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True))
+    for ax, group in zip(axes, groups, strict=True):
         if not _draw(ax, series, group):
             ax.text(0.5, 0.5, f"no {group}-shot class\nin this test set", ha="center",
                     va="center", transform=ax.transAxes, color="0.4")  # fmt: skip
@@ -226,9 +235,11 @@ def plot_groups(rows: list[dict], path: str) -> str:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 %")
     axes[0].legend(fontsize=7, loc="lower right")
+    absent = [g for g in GROUP_ORDER if g not in groups]
+    note = f"; no {' or '.join(absent)}-shot class in this test set" if absent else ""
     fig.suptitle(
         "thin: one seed; thick: mean over seeds; dashed: the best expert at each epoch; groups "
-        "by the run's group_rule",
+        f"by the run's group_rule{note}",
         fontsize=8,
         color="0.35",
     )
