@@ -145,3 +145,13 @@ def test_view_statistics_of_the_test_view_are_equal_through_both_implementations
     assert stats["tf"] == stats["jax"]  # the test view is equal bit for bit
     assert stats["tf"]["mean"] == pytest.approx(images.mean())
     assert 0.0 <= stats["tf"]["black"] <= 1.0 and 0.0 <= stats["tf"]["gray_fill"] <= 1.0
+
+
+@pytest.mark.slow  # fast tier under 2 min: compiles both RandAugment chains
+def test_chained_rand_augment_layers_match_tf_with_the_same_draws():
+    # One op's rounding must not grow through the next (e.g. a bilinear shear's last-level
+    # differences through equalize's lookup table): 32 images, two layers with drawn ops.
+    chains = check.chain_agreement(IMAGES.repeat(4, axis=0), seed=1)
+    assert chains["images"] == 32
+    assert chains["over_one"] <= 1 and chains["max"] <= 3, chains["pairs"]
+    assert abs(chains["mean_tf"] - chains["mean_jax"]) < 0.01

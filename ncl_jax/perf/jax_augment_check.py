@@ -4,11 +4,14 @@ Agreement: every op of `jax_augment_ops` (and every AutoAugment / RandAugment br
 `jax_augment`) against its TF op in `augment_ops` / `augment`, on the same images with the same
 parameters: the largest difference in 8-bit levels and the fraction of pixel values that
 differ. `OP_CASES` is also what tests/test_jax_augment_ops.py holds to each case's bound.
+Chains: RandAugment's two layers as a view applies them (op after op, each at its drawn level
+and sign), through both implementations with the same draws, on real CIFAR images
+(`--chain_images`): how often the chained outputs differ by more than one level, and where.
 Speed: images/s of each JAX view (jitted over a batch, batched by lax.map and by vmap)
 against its tf.data view (parallel map, batched), in the same run.
 
     PYTHONPATH=. python -m ncl_jax.perf.jax_augment_check [--write] [--speed_images=2048]
-        [--stats_view=cifar_randaugment]
+        [--stats_view=cifar_randaugment] [--chain_images=3000]
 
 `--write` replaces the agreement table in docs/data.md (between its markers).
 """
@@ -172,6 +175,65 @@ def policy_agreement(images: np.ndarray) -> list[tuple[str, float, float, int]]:
     return [(name, *row) for name, row in worst.items()]
 
 
+def chain_agreement(images: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Two RandAugment layers chained, as `rand_augment` applies them, through the TF ops and
+    the JAX ops with the same parameters, drawn per image as the views draw them (ops uniform,
+    levels ~ N(10, 0.5) clipped to [0, 10], signs +-1; no skipped layers).
+
+    images: uint8 [N, H, W, 3]. Returns {"images": N, "over_one": images whose chained
+    outputs differ anywhere by more than one level, "max": the largest difference in levels,
+    "pairs": {(op, op): (count, max difference)} for the pairs with a difference over one,
+    "mean_tf"/"mean_jax": the mean level of all outputs}. Single ops are compared by
+    `policy_agreement`; this shows whether one op's rounding grows through the next.
+    """
+    rng = np.random.default_rng(seed)
+    count, names = len(images), tables.RAND_AUGMENT_OPS
+    index = rng.integers(0, len(names), (count, tables.RAND_AUGMENT_LAYERS)).astype(np.int32)
+    level = np.clip(
+        tables.RAND_AUGMENT_MAGNITUDE
+        + tables.RAND_AUGMENT_MAGNITUDE_STD * rng.standard_normal(index.shape),
+        0.0,
+        10.0,
+    ).astype(np.float32)
+    sign = np.where(rng.random(index.shape) < 0.5, -1.0, 1.0).astype(np.float32)
+
+    @tf.function
+    def tf_chain(image, index, level, sign):
+        for k in range(tables.RAND_AUGMENT_LAYERS):
+            image = augment.rand_augment_op(image, index[k], level[k], sign[k], fill=_FILL)
+        return image
+
+    def jax_chain(args):
+        image, index, level, sign = args
+        for k in range(tables.RAND_AUGMENT_LAYERS):
+            image = jax_augment.rand_augment_op(image, index[k], level[k], sign[k], fill=_FILL)
+        return image
+
+    params = (index, level, sign)
+    tf_out = np.stack(
+        [
+            np.asarray(tf_chain(tf.constant(x, tf.float32), *(p[n] for p in params)))
+            for n, x in enumerate(images)
+        ]
+    )
+    run = jax.jit(lambda *args: jax.lax.map(jax_chain, args))
+    jax_out = np.asarray(run(jnp.asarray(images, jnp.float32), *map(jnp.asarray, params)))
+    worst = np.abs(tf_out - jax_out).reshape(count, -1).max(axis=1)
+    pairs: dict[tuple[str, ...], tuple[int, float]] = {}
+    for n in np.nonzero(worst > 1)[0]:
+        pair = tuple(names[i] for i in index[n])
+        seen, top = pairs.get(pair, (0, 0.0))
+        pairs[pair] = (seen + 1, max(top, float(worst[n])))
+    return {
+        "images": count,
+        "over_one": int(np.sum(worst > 1)),
+        "max": float(worst.max()),
+        "pairs": pairs,
+        "mean_tf": float(tf_out.mean()),
+        "mean_jax": float(jax_out.mean()),
+    }
+
+
 def markdown_table(rows: list[tuple[str, float, float, int]]) -> str:
     lines = [
         "| op (JAX vs TF, same parameters) | max diff (levels) | values differing | bound tested |",
@@ -271,6 +333,12 @@ def main(argv: list[str] | None = None) -> None:
         help="also print view_statistics of this view on the cifar10_jpeg test images "
         "(TFDS_DATA_DIR), seeds 7 and 8",
     )
+    parser.add_argument(
+        "--chain_images",
+        type=int,
+        default=0,
+        help="also print chain_agreement on this many cifar10_jpeg test images (TFDS_DATA_DIR)",
+    )
     args = parser.parse_args(argv)
     tf.config.set_visible_devices([], "GPU")
     images = check_images()
@@ -282,8 +350,18 @@ def main(argv: list[str] | None = None) -> None:
         print("over their bound:", ", ".join(r[0] for r in over))
     if args.write:
         write_table(table, pathlib.Path(__file__).resolve().parents[2] / "docs" / "data.md")
-    if args.stats_view:
+    if args.stats_view or args.chain_images:
         test_images, _ = sources.load_tfds_arrays(tfds.builder("cifar10_jpeg"), "test", cache=False)
+    if args.chain_images:
+        chains = chain_agreement(test_images[: args.chain_images])
+        print(
+            f"RandAugment chains: {chains['over_one']} of {chains['images']} images differ by "
+            f"more than one level (max {chains['max']:g}); mean level TF {chains['mean_tf']:.4f}, "
+            f"JAX {chains['mean_jax']:.4f}"
+        )
+        for pair, (seen, top) in sorted(chains["pairs"].items()):
+            print(f"  {' then '.join(pair)}: {seen} images, max {top:g}")
+    if args.stats_view:
         for seed in (7, 8):
             for impl, st in view_statistics(args.stats_view, test_images, seed).items():
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in st.items())
