@@ -27,8 +27,9 @@ import numpy as np
 
 from ncl_jax.analysis.curves import read_scalars
 from ncl_jax.analysis.report import METRICS, find_runs, setting_key
+from ncl_jax.core.metrics import GROUPS
 from ncl_jax.errors import ConfigError
-from ncl_jax.evaluation.plots import GROUP_ORDER, new_figure, palette, save_figure
+from ncl_jax.evaluation.plots import new_figure, palette, save_figure
 
 CURVES_CSV = "curves.csv"
 TOP1_FIGURE = "curves_top1.png"
@@ -216,8 +217,8 @@ def present_groups(rows: list[dict]) -> tuple[str, ...]:
     """The class groups (many / medium / few) with a value in any row, in that order; all
     three when none has one. CIFAR-10-LT has no few-shot class under either rule, and an
     empty panel would only say so."""
-    groups = tuple(g for g in GROUP_ORDER if any(r[f"ensemble_{g}"] is not None for r in rows))
-    return groups or GROUP_ORDER
+    groups = tuple(g for g in GROUPS if any(r[f"ensemble_{g}"] is not None for r in rows))
+    return groups or GROUPS
 
 
 def plot_groups(rows: list[dict], path: str) -> str:
@@ -235,7 +236,7 @@ def plot_groups(rows: list[dict], path: str) -> str:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 %")
     axes[0].legend(fontsize=7, loc="lower right")
-    absent = [g for g in GROUP_ORDER if g not in groups]
+    absent = [g for g in GROUPS if g not in groups]
     note = f"; no {' or '.join(absent)}-shot class in this test set" if absent else ""
     fig.suptitle(
         "thin: one seed; thick: mean over seeds; dashed: the best expert at each epoch; groups "

@@ -11,9 +11,8 @@ import os
 
 import numpy as np
 
-from ncl_jax.core.metrics import accuracy_summary
+from ncl_jax.core.metrics import GROUPS, accuracy_summary
 
-GROUP_ORDER = ("many", "medium", "few")
 RULE_TITLES = {
     "paper": "paper rule (many > 100, few < 20)",
     "official": "official rule (many >= 100, few <= 20)",
@@ -147,15 +146,15 @@ def plot_groups(analysis: dict, path: str) -> str:
                 )
         width = 0.8 / len(bars)
         for b, ((name, scores), color) in enumerate(zip(bars, palette(len(bars)), strict=True)):
-            x = np.arange(len(GROUP_ORDER)) + (b - (len(bars) - 1) / 2) * width
-            values = [scores[g] if scores[g] is not None else 0.0 for g in GROUP_ORDER]
+            x = np.arange(len(GROUPS)) + (b - (len(bars) - 1) / 2) * width
+            values = [scores[g] if scores[g] is not None else 0.0 for g in GROUPS]
             ax.bar(x, values, width, label=name, color=color)
-            for xi, g in zip(x, GROUP_ORDER, strict=True):
+            for xi, g in zip(x, GROUPS, strict=True):
                 if scores[g] is None:
                     ax.text(xi, 1, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
-        sizes = {g: len(runs[0]["group_classes"][rule][g]) for g in GROUP_ORDER}
-        ax.set_xticks(np.arange(len(GROUP_ORDER)))
-        ax.set_xticklabels([f"{g}\n({sizes[g]} classes)" for g in GROUP_ORDER])
+        sizes = {g: len(runs[0]["group_classes"][rule][g]) for g in GROUPS}
+        ax.set_xticks(np.arange(len(GROUPS)))
+        ax.set_xticklabels([f"{g}\n({sizes[g]} classes)" for g in GROUPS])
         ax.set_title(RULE_TITLES[rule], fontsize=9)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
@@ -220,9 +219,7 @@ def plot_kl_groups(analysis: dict, path: str) -> str | None:
     rule = "official"
     # Groups without test images in every curve (CIFAR-10-LT has no few class) are left out.
     groups = [
-        g
-        for g in ("all", *GROUP_ORDER)
-        if any(kl["groups"][rule][g] is not None for _, kl in curves)
+        g for g in ("all", *GROUPS) if any(kl["groups"][rule][g] is not None for _, kl in curves)
     ]
     fig = new_figure(7, 4)
     ax = fig.add_subplot()
@@ -395,7 +392,7 @@ def per_class_image(correct: np.ndarray, totals: np.ndarray, info, config) -> np
     }
     ensemble = accuracy_summary(correct, totals, info.group_masks(config.group_rule))["ensemble"]
     groups = ", ".join(
-        f"{g} {ensemble[g]:.1f}" if ensemble[g] is not None else f"{g} n/a" for g in GROUP_ORDER
+        f"{g} {ensemble[g]:.1f}" if ensemble[g] is not None else f"{g} n/a" for g in GROUPS
     )
     fig = new_figure(8, 3.6)
     ax = fig.add_subplot()
