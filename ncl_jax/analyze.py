@@ -17,7 +17,7 @@ from absl import flags
 from ncl_jax.analysis.analyze import analyze
 from ncl_jax.cli import parse_numbers, run_app, run_cli
 from ncl_jax.core.metrics import AGGREGATIONS
-from ncl_jax.evaluation.test_distributions import (
+from ncl_jax.evaluation.distribution_sets import (
     define_distribution_flags,
     parse_test_distributions,
 )

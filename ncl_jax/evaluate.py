@@ -21,12 +21,12 @@ from absl import flags
 
 from ncl_jax.cli import parse_numbers, run_app, run_cli
 from ncl_jax.core.metrics import AGGREGATIONS
-from ncl_jax.evaluation.evaluate import format_table
-from ncl_jax.evaluation.test_distributions import (
+from ncl_jax.evaluation.distribution_sets import (
     define_distribution_flags,
-    format_distributions,
     parse_test_distributions,
 )
+from ncl_jax.evaluation.evaluate import format_table
+from ncl_jax.evaluation.test_distributions import format_distributions
 from ncl_jax.training.run_files import write_json_atomically
 from ncl_jax.training.saved_runs import evaluate_saved_run
 

@@ -15,7 +15,7 @@ from ncl_jax.analysis import analyze
 from ncl_jax.core import metrics
 from ncl_jax.data.long_tail import DatasetInfo
 from ncl_jax.errors import CheckpointError, ConfigError
-from ncl_jax.evaluation import analysis_pass, plots, test_distributions
+from ncl_jax.evaluation import analysis_pass, distribution_sets, plots, test_distributions
 from ncl_jax.training import checkpointing
 
 RNG = np.random.default_rng(7)
@@ -196,8 +196,8 @@ def _test_distributions(seed=0):
     """A test_distributions section of fixed random predictions (60 % right)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(C), 50)
-    names = test_distributions.STANDARD
-    subsets = test_distributions.select_subsets(labels, names, 0, C)
+    names = distribution_sets.STANDARD
+    subsets = distribution_sets.select_subsets(labels, names, 0, C)
     right = rng.random((1 + len(names), K + 1, labels.size)) < 0.6
     preds = np.where(right, labels, (labels + 1) % C)
     masks = _info().group_masks("paper")

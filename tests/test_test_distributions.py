@@ -12,6 +12,7 @@ import pytest
 from ncl_jax import cli
 from ncl_jax.config import builders
 from ncl_jax.errors import ConfigError, DataError
+from ncl_jax.evaluation import distribution_sets as ds
 from ncl_jax.evaluation import test_distributions as td
 from tests.tiny import IMAGE, class_counts, smoke_config, tiny_config
 
@@ -29,12 +30,12 @@ def _numpy_counts(name, n_max, num_classes):
 
 
 def test_agnostic_is_the_eleven_in_plotting_order_and_lists_are_sorted_the_same_way():
-    assert td.parse_test_distributions("agnostic") == td.STANDARD
-    assert td.STANDARD[0] == "forward50" and td.STANDARD[5] == "uniform"
-    assert td.STANDARD[-1] == "backward50" and len(td.STANDARD) == 11
-    got = td.parse_test_distributions("backward10,uniform,forward50,forward3")
+    assert ds.parse_test_distributions("agnostic") == ds.STANDARD
+    assert ds.STANDARD[0] == "forward50" and ds.STANDARD[5] == "uniform"
+    assert ds.STANDARD[-1] == "backward50" and len(ds.STANDARD) == 11
+    got = ds.parse_test_distributions("backward10,uniform,forward50,forward3")
     assert got == ("forward50", "forward3", "uniform", "backward10")
-    assert td.parse_test_distributions(None) is None
+    assert ds.parse_test_distributions(None) is None
 
 
 @pytest.mark.parametrize(
@@ -48,33 +49,33 @@ def test_agnostic_is_the_eleven_in_plotting_order_and_lists_are_sorted_the_same_
 )
 def test_bad_distribution_names_are_one_config_error(spec, fragment):
     if fragment is None:
-        assert td.parse_test_distributions(spec) == ("uniform",)
+        assert ds.parse_test_distributions(spec) == ("uniform",)
         return
     with pytest.raises(ConfigError, match=fragment):
-        td.parse_test_distributions(spec)
+        ds.parse_test_distributions(spec)
 
 
-@pytest.mark.parametrize("name", td.STANDARD)
+@pytest.mark.parametrize("name", ds.STANDARD)
 @pytest.mark.parametrize("num_classes, n_max", [(10, 1000), (100, 100)])
 def test_class_counts_follow_the_training_rule_forward_and_reversed(name, num_classes, n_max):
     available = np.full(num_classes, n_max)
     available[3] += 7  # n_max is the smallest class
-    got = td.distribution_counts(name, available)
+    got = ds.distribution_counts(name, available)
     np.testing.assert_array_equal(got, _numpy_counts(name, n_max, num_classes))
 
 
 def test_a_distribution_that_empties_a_class_is_one_data_error():
     with pytest.raises(DataError, match="forward50 leaves class 7 with 0 images"):
-        td.distribution_counts("forward50", np.full(10, 20))
+        ds.distribution_counts("forward50", np.full(10, 20))
 
 
 def test_subsets_are_per_class_seeded_deterministic_and_nested():
     rng = np.random.default_rng(3)
     labels = rng.permutation(np.repeat(np.arange(C), 60))
     names = ("forward10", "forward2", "uniform", "backward5")
-    subsets = td.select_subsets(labels, names, seed=5, num_classes=C)
-    again = td.select_subsets(labels, names[::-1], seed=5, num_classes=C)
-    other = td.select_subsets(labels, names, seed=6, num_classes=C)
+    subsets = ds.select_subsets(labels, names, seed=5, num_classes=C)
+    again = ds.select_subsets(labels, names[::-1], seed=5, num_classes=C)
+    other = ds.select_subsets(labels, names, seed=6, num_classes=C)
     for name in names:
         np.testing.assert_array_equal(subsets[name], again[name])  # not on the other names
         assert len(np.unique(subsets[name])) == len(subsets[name])
@@ -205,17 +206,17 @@ def test_list_files_are_read_as_one_union_and_a_missing_one_is_named(tmp_path):
         "uniform": ["a/0.jpg 0\n", "b/2.jpg 1\n", "b/3.jpg 1\n"],
     }
     _write_lists(lists, lines, lines)
-    paths, labels, subsets = td.read_list_files(str(lists), ("forward2", "uniform"), 2)
+    paths, labels, subsets = ds.read_list_files(str(lists), ("forward2", "uniform"), 2)
     assert paths == ["a/0.jpg", "a/1.jpg", "b/2.jpg", "b/3.jpg"]
     assert labels.tolist() == [0, 0, 1, 1]
     assert subsets["forward2"].tolist() == [0, 1, 2] and subsets["uniform"].tolist() == [0, 2, 3]
     with pytest.raises(DataError) as err:
-        td.read_list_files(str(lists), ("forward2", "backward2"), 2)
+        ds.read_list_files(str(lists), ("forward2", "backward2"), 2)
     assert "Toy_LT" not in str(err.value) and "<Dataset>_backward2.txt" in str(err.value)
     assert str(lists) in str(err.value)
     (lists / "Toy_LT_backward2.txt").write_text("a/0.jpg 1\n")
     with pytest.raises(DataError, match="lists a/0.jpg as class 1"):
-        td.read_list_files(str(lists), ("forward2", "backward2"), 2)
+        ds.read_list_files(str(lists), ("forward2", "backward2"), 2)
 
 
 @pytest.mark.parametrize(
