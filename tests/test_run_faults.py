@@ -21,7 +21,7 @@ import pytest
 
 from ncl_jax import cli
 from ncl_jax.errors import CheckpointError
-from ncl_jax.training import loop, state_checks, storage_faults, workdir_lock
+from ncl_jax.training import loop, state_checks, stop_signals, storage_faults, workdir_lock
 from ncl_jax.training.checkpointing import CheckpointRemoved, RunCheckpoints
 from tests.tiny import smoke_config
 
@@ -85,9 +85,9 @@ def test_first_sigint_asks_for_a_stop_and_the_second_exits_at_once(monkeypatch, 
     def fake_exit(status):
         exits.append(status)
 
-    monkeypatch.setattr(loop.os, "_exit", fake_exit)
+    monkeypatch.setattr(stop_signals.os, "_exit", fake_exit)
     before = signal.getsignal(signal.SIGINT)
-    with loop._StopSignals(catch_sigint=True, on_abort=lambda: aborted.append(1)) as stop:
+    with stop_signals.StopSignals(catch_sigint=True, on_abort=lambda: aborted.append(1)) as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.received == "SIGINT" and exits == []
         assert "Ctrl-C again to exit at once" in capsys.readouterr().err
@@ -99,7 +99,7 @@ def test_first_sigint_asks_for_a_stop_and_the_second_exits_at_once(monkeypatch, 
 
 def test_sigint_is_left_alone_where_hosts_must_agree_on_the_stop():
     before = signal.getsignal(signal.SIGINT)
-    with loop._StopSignals(catch_sigint=False) as stop:
+    with stop_signals.StopSignals(catch_sigint=False) as stop:
         assert signal.getsignal(signal.SIGINT) is before
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.received == "SIGTERM"

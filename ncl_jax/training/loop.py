@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
-import sys
 import time
 
 import jax
@@ -41,56 +39,9 @@ from ncl_jax.evaluation.tail_metrics import evaluation_body
 from ncl_jax.training.checkpointing import RunCheckpoints
 from ncl_jax.training.run_files import RESULT_FILE, write_json_atomically
 from ncl_jax.training.saved_runs import read_result
+from ncl_jax.training.stop_signals import StopSignals
 from ncl_jax.training.workdir_lock import WorkdirLock
 from ncl_jax.training.writers import create_progress, create_writer
-
-
-class _StopSignals:
-    """SIGTERM (preemption) and, in a single-process run, SIGINT (Ctrl-C) ask the loop to save
-    a checkpoint at the next step boundary and stop. A second SIGINT exits at once (status
-    130) without saving: the newest checkpoint on disk stays the resume point.
-
-    Multi-process runs keep Python's default SIGINT: their hosts agree on the stopping step
-    through Orbax's preemption sync, which only SIGTERM reaches."""
-
-    def __init__(self, *, catch_sigint: bool, on_abort=None):
-        self.received: str | None = None  # "SIGTERM" or "SIGINT"
-        self._catch_sigint = catch_sigint
-        self._on_abort = on_abort or (lambda: None)
-        self._previous: dict = {}
-
-    def __enter__(self):
-        self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle_sigterm)
-        if self._catch_sigint:
-            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle_sigint)
-        return self
-
-    def _handle_sigterm(self, signum, frame):
-        del signum, frame
-        self.received = self.received or "SIGTERM"
-
-    def _handle_sigint(self, signum, frame):
-        del signum, frame
-        if self.received == "SIGINT":
-            print(
-                "\nCtrl-C again: exited at once without saving; rerun the same command to resume "
-                "from the newest checkpoint.",
-                file=sys.stderr,
-                flush=True,
-            )
-            self._on_abort()
-            os._exit(130)
-        self.received = "SIGINT"
-        print(
-            "\nCtrl-C: saving a checkpoint at the next step boundary, then stopping (press "
-            "Ctrl-C again to exit at once without saving).",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def resolve_steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
@@ -303,7 +254,7 @@ def _train(
 
     catch_sigint = jax.process_count() == 1
     on_abort = lock.release if lock is not None else None
-    with _StopSignals(catch_sigint=catch_sigint, on_abort=on_abort) as stop:
+    with StopSignals(catch_sigint=catch_sigint, on_abort=on_abort) as stop:
         for epoch in range(step // steps_per_epoch, config.num_epochs):
             start = step - epoch * steps_per_epoch
             epoch_end = (epoch + 1) * steps_per_epoch
@@ -373,7 +324,7 @@ def _train(
     return result
 
 
-def _preempted(stop: _StopSignals, checkpoints: RunCheckpoints, step: int) -> bool:
+def _preempted(stop: StopSignals, checkpoints: RunCheckpoints, step: int) -> bool:
     if jax.process_count() == 1:
         return stop.received is not None
     return checkpoints.reached_preemption(step)  # all hosts agree on the same step
