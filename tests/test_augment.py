@@ -7,6 +7,7 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
 from ncl_jax.data import augment
+from ncl_jax.data import augment_tables as tables
 from tests.augment_helpers import FILL, as_np, as_tf, noise, pil, smooth_image
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +159,8 @@ _VIEW_INPUTS = {
     "cifar_autoaugment": (32, 32),
     "cifar_randaugment": (32, 32),
     "cifar_standard": (32, 32),
+    "cifar_randaugment_no_cutout": (32, 32),
+    "cifar_cutout": (32, 32),
     "moco_cifar": (32, 32),
     "cifar_test": (32, 32),
     "imagenet_randaugment": (48, 40),
@@ -263,3 +266,43 @@ def test_cifar_standard_view_is_a_padded_crop_of_the_flipped_or_original_image()
             for j in range(9)
         ]
         assert any(np.array_equal(pixels, w) for w in windows), seed
+
+
+def _hole(full: np.ndarray, without: np.ndarray) -> np.ndarray:
+    """Where a view's output and the same view without Cutout differ (bool [H, W])."""
+    return np.any(full != without, axis=-1)
+
+
+def _fits_a_cutout_box(changed: np.ndarray) -> bool:
+    rows, cols = np.nonzero(changed)
+    length = tables.CUTOUT_LENGTH
+    return rows.size == 0 or (np.ptp(rows) < length and np.ptp(cols) < length)
+
+
+def test_the_ablation_views_leave_out_one_step_and_keep_the_others_draws():
+    # cifar_randaugment_no_cutout: the paper view's pixels but the hole; cifar_cutout: a hole
+    # (zero pixels) in a crop of the image or its mirror, no policy.
+    full, no_cutout, cutout = (
+        augment.make_view(n, image_size=32, normalization="cifar")
+        for n in ("cifar_randaugment", "cifar_randaugment_no_cutout", "cifar_cutout")
+    )
+    mean, std = (np.array(v) for v in augment.NORMALIZATION["cifar"])
+    image = smooth_image(32, 32)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    windows = [
+        im[y : y + 32, x : x + 32] for im in (padded, padded[:, ::-1]) for y in range(9)
+        for x in range(9)
+    ]  # fmt: skip
+    holes = 0
+    for seed in range(6):
+        s = tf.constant([seed, 3], tf.int64)
+        a, b = full(image, s).numpy(), no_cutout(image, s).numpy()
+        changed = _hole(a, b)  # empty only where the hole falls on black pixels
+        holes += int(changed.sum() >= 8 * 8)
+        assert _fits_a_cutout_box(changed)
+        np.testing.assert_allclose(a[changed], np.broadcast_to(-mean / std, a.shape)[changed])
+        pixels = np.round((cutout(image, s).numpy() * std + mean) * 255.0)
+        black = np.all(pixels == 0, axis=-1)
+        assert black.sum() >= 8 * 8
+        assert any(np.array_equal(pixels[~black], w[~black]) for w in windows)
+    assert holes >= 4

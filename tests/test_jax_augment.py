@@ -203,3 +203,28 @@ def test_jax_augment_imports_no_tensorflow():
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_ablation_views_leave_out_one_step_and_keep_the_others_draws():
+    # As the TF views (tests/test_augment.py): no_cutout is the paper view but the hole;
+    # cifar_cutout is a crop of the image or its mirror with a black hole and no policy.
+    images, keys = IMAGES[:4], _keys(4, seed=3)
+    view = jax.jit(jax_augment.apply_view, static_argnums=0)
+    full, no_cutout, cutout = (
+        _pixels(np.asarray(view(n, images, keys)))
+        for n in ("cifar_randaugment", "cifar_randaugment_no_cutout", "cifar_cutout")
+    )
+    length = tables.CUTOUT_LENGTH
+    for i, image in enumerate(images):
+        changed = np.any(full[i] != no_cutout[i], axis=-1)
+        rows, cols = np.nonzero(changed)
+        assert rows.size >= 8 * 8 and np.ptp(rows) < length and np.ptp(cols) < length
+        assert np.all(full[i][changed] == 0)
+        black = np.all(cutout[i] == 0, axis=-1)
+        assert black.sum() >= 8 * 8
+        padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+        windows = [
+            im[y : y + 32, x : x + 32] for im in (padded, padded[:, ::-1]) for y in range(9)
+            for x in range(9)
+        ]  # fmt: skip
+        assert any(np.array_equal(cutout[i][~black], w[~black]) for w in windows)

@@ -220,14 +220,20 @@ def _gray3(image: tf.Tensor) -> tf.Tensor:
 # Views.
 
 
-def _cifar_policy_view(image, seed, size: int, policy: str) -> tf.Tensor:
-    """Official CIFAR view (cui_cifar.py): pad-4 crop, flip, policy, Cutout 16 (hole = black)."""
+def _cifar_policy_view(
+    image, seed, size: int, policy: str | None, *, cutout: bool = True
+) -> tf.Tensor:
+    """Official CIFAR view (cui_cifar.py): pad-4 crop, flip, policy, Cutout 16 (hole = black).
+    `policy` None or `cutout` False leave that step out (the ablation views); the other steps
+    keep their seeds, so each draws what it draws in the full view."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     image = _flip(_pad_crop(image, seeds[0], size, padding=tables.CIFAR_PADDING), seeds[1])
     if policy == "autoaugment":
         image = cifar10_autoaugment(image, seeds[2])
-    else:
+    elif policy == "randaugment":
         image = rand_augment(image, seeds[2], fill=_GRAY_FILL)
+    if not cutout:
+        return image
     center = tf.random.stateless_uniform([2], seeds[3], maxval=size, dtype=tf.int32)
     return ops.cutout(image, center[0], center[1], length=tables.CUTOUT_LENGTH)
 
@@ -289,6 +295,10 @@ _VIEW_FNS: dict[str, Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]] = {
     "cifar_autoaugment": lambda im, s, n: _cifar_policy_view(im, s, n, "autoaugment"),
     "cifar_randaugment": lambda im, s, n: _cifar_policy_view(im, s, n, "randaugment"),
     "cifar_standard": _cifar_standard_view,
+    "cifar_randaugment_no_cutout": lambda im, s, n: _cifar_policy_view(
+        im, s, n, "randaugment", cutout=False
+    ),
+    "cifar_cutout": lambda im, s, n: _cifar_policy_view(im, s, n, None),
     "moco_cifar": _moco_view,
     "imagenet_randaugment": _imagenet_randaugment_view,
     "places_sim": _places_view,
@@ -298,7 +308,13 @@ _VIEW_FNS: dict[str, Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]] = {
 # Views whose input must already be size x size (the CIFAR test view resizes nothing).
 _EXACT_INPUT_VIEWS = ("cifar_test",)
 # Views that pad by 4 and crop size x size: a side shorter than size - 8 leaves no window.
-_PAD_CROP_VIEWS = ("cifar_autoaugment", "cifar_randaugment", "cifar_standard")
+_PAD_CROP_VIEWS = (
+    "cifar_autoaugment",
+    "cifar_randaugment",
+    "cifar_standard",
+    "cifar_randaugment_no_cutout",
+    "cifar_cutout",
+)
 
 
 def input_size_problem(name: str, size: int, height: int, width: int) -> str | None:

@@ -17,6 +17,8 @@ VIEWS = (
     "cifar_autoaugment",
     "cifar_randaugment",
     "cifar_standard",
+    "cifar_randaugment_no_cutout",  # ablations of the paper view: its steps but Cutout
+    "cifar_cutout",  # ... and its steps but RandAugment
     "moco_cifar",
     "imagenet_randaugment",
     "places_sim",

@@ -201,15 +201,21 @@ def color_jitter(
 # Views (the CIFAR views of augment.VIEWS).
 
 
-def _cifar_policy_view(image: jax.Array, key: jax.Array, policy: str) -> jax.Array:
-    """Official CIFAR view (cui_cifar.py): pad-4 crop, flip, policy, Cutout 16 (hole = black)."""
+def _cifar_policy_view(
+    image: jax.Array, key: jax.Array, policy: str | None, *, cutout: bool = True
+) -> jax.Array:
+    """Official CIFAR view (cui_cifar.py): pad-4 crop, flip, policy, Cutout 16 (hole = black).
+    `policy` None or `cutout` False leave that step out (the ablation views); the other steps
+    keep their keys, as in `augment._cifar_policy_view`."""
     size = image.shape[0]
     keys = jax.random.split(key, 4)
     image = ops.random_flip(ops.pad_crop(image, keys[0], size, tables.CIFAR_PADDING), keys[1])
     if policy == "autoaugment":
         image = cifar10_autoaugment(image, keys[2])
-    else:
+    elif policy == "randaugment":
         image = rand_augment(image, keys[2], fill=tables.GRAY_FILL)
+    if not cutout:
+        return image
     center_y, center_x = cutout_center(keys[3], size)
     return ops.cutout(image, center_y, center_x, length=tables.CUTOUT_LENGTH)
 
@@ -256,6 +262,10 @@ _VIEW_FNS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "cifar_autoaugment": lambda im, k: _cifar_policy_view(im, k, "autoaugment"),
     "cifar_randaugment": lambda im, k: _cifar_policy_view(im, k, "randaugment"),
     "cifar_standard": _cifar_standard_view,
+    "cifar_randaugment_no_cutout": lambda im, k: _cifar_policy_view(
+        im, k, "randaugment", cutout=False
+    ),
+    "cifar_cutout": lambda im, k: _cifar_policy_view(im, k, None),
     "moco_cifar": _moco_view,
     "cifar_test": _identity_view,
 }
