@@ -211,7 +211,7 @@ def _run_without_tensorflow(program: str, *args: str) -> subprocess.CompletedPro
 def test_training_evaluation_and_analysis_from_a_cache_import_no_tensorflow(tmp_path):
     cfg = write_tiny_cache(tmp_path / "tiny.npz")
     workdir, out = tmp_path / "run", tmp_path / "analysis"
-    _run_without_tensorflow(
+    trained = _run_without_tensorflow(
         "ncl_jax.main",
         "--config=configs/smoke.py",
         f"--workdir={workdir}",
@@ -221,6 +221,8 @@ def test_training_evaluation_and_analysis_from_a_cache_import_no_tensorflow(tmp_
         "--config.dataset.pipeline=device",
         "--config.dataset.image_size=8",
     )
+    # Until the pipelines' gap is explained (docs/results.md), a device run says so.
+    assert "trained below the tf.data pipeline" in trained.stderr
     result = json.loads((workdir / "result.json").read_text())
     assert result["step"] == 6 and not result["preempted"]
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

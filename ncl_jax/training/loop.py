@@ -83,6 +83,13 @@ def train_and_evaluate(
     pipeline = data.resolve_pipeline(config.dataset)
     if config.dataset.pipeline != pipeline:
         config = replaced(config, {"dataset.pipeline": pipeline})
+    if pipeline == "device":
+        logging.warning(
+            "Training through the device pipeline, which has trained below the tf.data pipeline "
+            "on the short CIFAR-10-LT recipe, cause not yet found (docs/results.md, 'The two "
+            "input pipelines'); --config.dataset.pipeline=tfdata gives results comparable "
+            "with that table's."
+        )
     lock = _lock_workdir(workdir, take_over_lock)
     try:
         checkpoints = RunCheckpoints(workdir, keep=config.keep_checkpoints)
