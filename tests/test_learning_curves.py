@@ -118,6 +118,9 @@ def test_setting_labels_drop_the_sweep_seed_and_default_directories(tmp_path):
 def test_the_mean_line_says_which_epochs_it_covers_when_seeds_have_different_lengths():
     full = {e: float(e) for e in range(1, 101)}
     assert learning_curves.mean_label({"s42": full}) == ""
+    # One run: its seed, when known (a setting run with one seed is told apart from another's).
+    assert learning_curves.mean_label({"s42": full}, {"s42": 42}) == ", seed 42"
+    assert learning_curves.mean_label({"s42": full}, {"s42": None}) == ""
     assert learning_curves.mean_label({"s42": full, "s43": dict(full)}) == ", mean of 2 seeds"
     # A second seed that has trained 2 epochs: the thick line covers epochs 1-2 only.
     assert (

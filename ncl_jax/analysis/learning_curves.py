@@ -22,6 +22,7 @@ import json
 import os
 import re
 import statistics
+from typing import Any
 
 import numpy as np
 
@@ -131,12 +132,15 @@ def _series(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def mean_label(per_run: dict[str, dict[int, float]]) -> str:
-    """The legend's note on the thick line of runs {run: {epoch: value}}: nothing for one run;
-    the number of seeds; and, when a seed has epochs another lacks (a sweep still running),
-    the epochs the mean covers (only those where every seed has a value)."""
+def mean_label(per_run: dict[str, dict[int, float]], seeds: dict[str, Any] | None = None) -> str:
+    """The legend's note on the thick line of runs {run: {epoch: value}}: for one run, its
+    seed (from `seeds`, {run: seed}; nothing when unknown), so that settings drawn from
+    different seeds are told apart; for several, the number of seeds and, when a seed has
+    epochs another lacks (a sweep still running), the epochs the mean covers (only those
+    where every seed has a value)."""
     if len(per_run) < 2:
-        return ""
+        seed = (seeds or {}).get(next(iter(per_run), None))
+        return "" if seed is None else f", seed {seed}"
     common = sorted(set.intersection(*(set(p) for p in per_run.values())))
     label = f", mean of {len(per_run)} seeds"
     if not common:
@@ -178,7 +182,9 @@ def _draw(ax, series: dict, metric: str, *, since_epoch: int = 0) -> bool:
                 if not entry["several_experts"]
                 else (" ensemble" if model == "ensemble" else " best expert")
             )
-            seeds = mean_label(per_run)
+            seeds = mean_label(
+                per_run, {run: rows[0]["seed"] for run, rows in entry["runs"].items()}
+            )
             ax.plot(
                 common,
                 [np.mean([p[e] for p in per_run.values()]) for e in common],
