@@ -3,9 +3,7 @@
 import ipaddress
 import os
 import pathlib
-import shutil
 import socket
-import tempfile
 
 import pytest
 
@@ -21,27 +19,12 @@ os.environ["XLA_FLAGS"] = " ".join(
         "--xla_llvm_disable_expensive_passes=true",
     ]
 )
-# Persistent compilation caches for the whole test session, made by the first process that
-# loads this file (the xdist controller) and inherited by the workers and by every training
-# subprocess they start: the slow tests train the same smoke steps many times, and compiling
-# them was much of each run's time. Two caches: JAX keys an entry by the program, the
-# XLA_FLAGS of the environment and its version, and this process compiles with flags (below)
-# that it takes out of the environment again, so its entries must not reach a subprocess.
-_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-_OWN_CACHE = None
-if not os.environ.get("NCL_JAX_TEST_CACHES"):
-    _OWN_CACHE = tempfile.mkdtemp(prefix="ncl_jax_test_caches_")
-    os.environ["NCL_JAX_TEST_CACHES"] = _OWN_CACHE
-    os.environ.setdefault(_CACHE_ENV, os.path.join(_OWN_CACHE, "subprocesses"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (after the flags above)
 
 jax.devices()  # starts the CPU backend with the fast-compile flags
-jax.config.update(
-    "jax_compilation_cache_dir", os.path.join(os.environ["NCL_JAX_TEST_CACHES"], "in_process")
-)
 os.environ["XLA_FLAGS"] = _PLAIN_XLA_FLAGS
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -76,8 +59,3 @@ def _no_network(monkeypatch):
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", loopback_only)
-
-
-def pytest_unconfigure(config):
-    if _OWN_CACHE:
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

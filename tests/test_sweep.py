@@ -228,6 +228,7 @@ def test_sweep_of_two_settings_and_two_seeds_resumes_a_killed_run_and_reports(tm
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),  # the runs share their steps
     )
     workdir = tmp_path / "sweep"
     base = [

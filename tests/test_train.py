@@ -41,11 +41,11 @@ LONGER = ("--config.num_epochs=4", "--config.optim.milestones=(3,)")
 
 
 @pytest.fixture(scope="module")
-def env():
-    """Subprocess environment: 8 CPU devices, offline data (the compilation cache is the
-    session's, tests/conftest.py)."""
+def env(tmp_path_factory):
+    """Subprocess environment: 8 CPU devices, offline data, a shared compilation cache."""
     out = dict(os.environ)
     out["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    out["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
     out["PYTHONPATH"] = str(REPO)
     return out
 
