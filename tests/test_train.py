@@ -118,11 +118,35 @@ def _assert_same_tree(a, b, exact=True):
             )
 
 
+# A program run with resolve_config wrapped to count its calls (patched before any ncl_jax
+# module binds it).
+_COUNTING = """
+import atexit, sys
+from ncl_jax.config import variants
+calls = []
+real = variants.resolve_config
+variants.resolve_config = lambda config: calls.append(1) or real(config)
+atexit.register(lambda: print(f"resolve_config calls: {len(calls)}", file=sys.stderr))
+import runpy
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def _counting(cmd):
+    """`cmd` (python -m MODULE ARGS) run with config.variants.resolve_config counted: its
+    stderr ends with "resolve_config calls: N"."""
+    assert cmd[:2] == [sys.executable, "-m"], cmd
+    return [sys.executable, "-c", _COUNTING, *cmd[2:]]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(env, tmp_path_factory):
+    """The 4-epoch reference run: (workdir, its summary), its resolve_config calls counted."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = _run(_main_cmd(workdir, *LONGER), env)
+    result = _run(_counting(_main_cmd(workdir, *LONGER)), env)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "stderr.txt").write_text(result.stderr)
     return workdir, json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -157,9 +181,12 @@ def test_kill_then_sigterm_then_resume_ends_with_identical_parameters(env, unint
 def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     workdir, summary = uninterrupted
     env1 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")  # trained on 8
-    result = _run([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"], env1)
+    result = _run(
+        _counting([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"]), env1
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ensemble" in result.stdout and "best single" in result.stdout
+    assert "resolve_config calls: 1" in result.stderr  # the saved config, resolved once
     with open(workdir / "eval_12.json") as f:
         report = json.load(f)
     assert report["step"] == 12 and report["num_examples"] == 256
@@ -433,32 +460,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(env
     assert RunCheckpoints(tmp_path, read_only=True).steps() == [3]
 
 
-# A program run with resolve_config wrapped to count its calls (patched before any ncl_jax
-# module binds it).
-_COUNTING = """
-import atexit, sys
-from ncl_jax.config import variants
-calls = []
-real = variants.resolve_config
-variants.resolve_config = lambda config: calls.append(1) or real(config)
-atexit.register(lambda: print(f"resolve_config calls: {len(calls)}", file=sys.stderr))
-import runpy
-sys.argv = [sys.argv[1], *sys.argv[2:]]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
-
-
-def test_each_program_resolves_the_config_exactly_once(tmp_path, env):
-    workdir = tmp_path / "run"
-    train = _run(
-        [sys.executable, "-c", _COUNTING, "ncl_jax.main", "--config=configs/smoke.py",
-         f"--workdir={workdir}"],
-        env,
-    )  # fmt: skip
-    assert train.returncode == 0, train.stderr[-2000:]
-    assert "resolve_config calls: 1" in train.stderr
-    evaluate = _run(
-        [sys.executable, "-c", _COUNTING, "ncl_jax.evaluate", f"--workdir={workdir}"], env
-    )
-    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
-    assert "resolve_config calls: 1" in evaluate.stderr
+def test_training_resolves_the_config_exactly_once(uninterrupted):
+    """The config is resolved in one place (config.variants.resolve_config), once per program:
+    here training; evaluation in test_evaluate_cli_writes_the_json_contract."""
+    workdir, _ = uninterrupted
+    assert "resolve_config calls: 1" in (workdir / "stderr.txt").read_text()
