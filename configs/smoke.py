@@ -3,7 +3,9 @@
   python -m ncl_jax.main --config=configs/smoke.py --workdir=/tmp/ncl_smoke
 
 Real CIFAR-10 (the offline `cifar10_jpeg` copy), IF 100, three ResNet-8 experts of width 4,
-MoCo on, 2 epochs of 3 steps, evaluation on the first 256 test images. Not a benchmark.
+MoCo on, 2 epochs of 3 steps, evaluation on the first 256 test images. Not a benchmark. The
+training view is pad-crop-flip: the recipes' RandAugment / AutoAugment are tested op by op,
+and tracing them would add seconds to each of the many test runs of this config.
 """
 
 from ncl_jax.config.base import get_base_config
@@ -19,7 +21,7 @@ def get_config(arg: str | None = None):
     c.dataset.num_classes = 10
     c.dataset.imbalance_factor = 100.0
     c.dataset.eval_max_examples = 256
-    c.dataset.train_view = "cifar_autoaugment"
+    c.dataset.train_view = "cifar_standard"
     c.model.depth = 1
     c.model.width = 4
     c.moco.dim = 8

@@ -14,10 +14,9 @@ from ncl_jax.config.base import get_base_config
 from ncl_jax.data import cache
 from ncl_jax.data.datasets import ResolvedDataset
 from ncl_jax.data.device_pipeline import VIEW_MODULE
+from ncl_jax.data.jax_augment import JAX_VIEWS
 from ncl_jax.data.long_tail import DatasetInfo
 from ncl_jax.data.splits import IndexedSplit
-
-FAKE_VIEWS = ("cifar_autoaugment", "cifar_randaugment", "moco_cifar", "cifar_test")
 
 
 def fake_apply_view(name, images, keys, *, normalization):
@@ -30,7 +29,7 @@ def fake_apply_view(name, images, keys, *, normalization):
 
 def fake_view_module() -> types.ModuleType:
     module = types.ModuleType(VIEW_MODULE)
-    module.JAX_VIEWS = FAKE_VIEWS
+    module.JAX_VIEWS = JAX_VIEWS  # the real names, stand-in pixels
     module.apply_view = fake_apply_view
     return module
 

@@ -22,7 +22,7 @@ EXPECTED = {
     ("inat2018", "official"): ("official", 2441, False, 400, "imagenet_randaugment"),
     ("places_lt", ""): ("paper", 110, True, 30, "places_sim"),
     ("places_lt", "official"): ("official", 121, True, 30, "places_sim"),
-    ("smoke", ""): ("paper", 3, True, 2, "cifar_autoaugment"),
+    ("smoke", ""): ("paper", 3, True, 2, "cifar_standard"),
 }
 
 
