@@ -54,7 +54,7 @@ real_cifar = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cifar():
-    """The offline cifar10_jpeg, decoded once per process (sources caches the arrays)."""
+    """The offline cifar10_jpeg: the subset config, its info and every image decoded."""
     root = os.environ.get("TFDS_DATA_DIR", "")
     if not os.path.isdir(os.path.join(root, "cifar10_jpeg")):
         pytest.skip(f"offline cifar10_jpeg not found under TFDS_DATA_DIR={root!r}")
@@ -95,9 +95,11 @@ def test_cifar10_jpeg_info_order_and_exact_decoding(cifar):
 
 @real_cifar
 def test_cifar10_subset_is_the_ldam_subset(cifar):
-    cfg, _, _, _, train_labels, _ = cifar
+    cfg, _, _, train_images, train_labels, _ = cifar
     expected = ldam_subset(train_labels, 0.01, 0)
-    assert np.array_equal(resolve(cfg).train.rows, expected)
+    train = resolve(cfg).train  # only the subset's images are decoded and stored, in its order
+    assert np.array_equal(train.labels, train_labels[expected])
+    assert np.array_equal(train.images[train.rows], train_images[expected])
     assert np.array_equal(data.long_tailed_indices(train_labels, 100), expected)
 
 
@@ -127,7 +129,7 @@ def test_cifar10_labels_match_the_chosen_images(cifar, standin):
     cfg, _, _, train_images, train_labels, _ = cifar
     cfg = cfg.copy_and_resolve_references()
     cfg.train_view = "cifar_test"
-    chosen = set(resolve(cfg).train.rows.tolist())
+    chosen = set(ldam_subset(train_labels, 0.01, 0).tolist())  # what resolve keeps (above)
     where = collections.defaultdict(list)
     for position in range(len(train_images)):
         where[digest(train_images[position])].append(position)

@@ -242,14 +242,18 @@ def _label_names(builder: Any) -> tuple[str, ...]:
     return tuple(str(name) for name in builder.info.features["label"].names)
 
 
-def _long_tail(split: IndexedSplit, cfg: Any) -> IndexedSplit:
-    """Applies the CIFAR-LT profile when imbalance_factor > 0 (0 keeps the split as is)."""
+def _long_tail_positions(labels: np.ndarray, cfg: Any) -> np.ndarray:
+    """The positions the CIFAR-LT profile keeps when imbalance_factor > 0 (0 keeps all)."""
     if cfg.imbalance_factor == 0:
-        return split
-    keep = long_tailed_indices(
-        split.labels, cfg.imbalance_factor, seed=cfg.subset_seed, num_classes=cfg.num_classes
+        return np.arange(len(labels))
+    return long_tailed_indices(
+        labels, cfg.imbalance_factor, seed=cfg.subset_seed, num_classes=cfg.num_classes
     )
-    return split.subset(keep)
+
+
+def _long_tail(split: IndexedSplit, cfg: Any) -> IndexedSplit:
+    """The split under the CIFAR-LT profile (`_long_tail_positions`)."""
+    return split.subset(_long_tail_positions(split.labels, cfg))
 
 
 def _counts(split: IndexedSplit, num_classes: int) -> np.ndarray:
@@ -266,8 +270,8 @@ def _check_no_empty_class(counts: np.ndarray, where: str) -> None:
         )
 
 
-def _check_labels(split: IndexedSplit, num_classes: int, where: str) -> None:
-    if len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(
             f"{where} has labels outside [0, {num_classes}); set --config.dataset.num_classes."
         )
@@ -301,10 +305,13 @@ def _resolve_tfds(cfg: Any):
                 f"train_list/eval_list filter streamed TFDS builders by file name; {cfg.name} "
                 "has no file names: clear --config.dataset.train_list/eval_list."
             )
-        train = sources.in_memory_split(builder, cfg.train_split, cache=cfg.cache)
+
+        def long_tail(labels: np.ndarray) -> np.ndarray:  # before any image is decoded
+            _check_labels(labels, cfg.num_classes, f"{cfg.name}/{cfg.train_split}")
+            return _long_tail_positions(labels, cfg)
+
+        train = sources.in_memory_split(builder, cfg.train_split, cache=cfg.cache, select=long_tail)
         evals = sources.in_memory_split(builder, cfg.eval_split, cache=cfg.cache)
-        _check_labels(train, cfg.num_classes, f"{cfg.name}/{cfg.train_split}")
-        train = _long_tail(train, cfg)
         return train, evals, _counts(train, cfg.num_classes), _label_names(builder)
     if cfg.imbalance_factor != 0:
         raise ConfigError(

@@ -19,7 +19,7 @@ import re
 import socket
 import urllib.error
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -260,50 +260,73 @@ def original_order(ids: Sequence[str], where: str) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-_ARRAY_CACHE: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+# The encoded records of small TFDS splits, kept for the life of the process (`cache`):
+# reading them is the cheap part, decoding is per run, of the rows a run uses only.
+_RECORD_CACHE: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _encoded_records(builder: Any, split: str, *, cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(encoded images: bytes objects [N], labels: int64 [N]) of a small TFDS split, in the
+    release order of its record ids. Raises DataError for an empty split or duplicate ids."""
+    key = (str(builder.data_dir), builder.name, split)
+    if key in _RECORD_CACHE:
+        return _RECORD_CACHE[key]
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    has_id = "id" in builder.info.features
+    encoded: list[bytes] = []
+    labels, ids = [], []
+    for batch in ds.batch(4096).as_numpy_iterator():
+        encoded.extend(batch["image"])
+        labels.append(batch["label"])
+        if has_id:
+            ids.extend(i.decode() for i in batch["id"])
+    where = f"TFDS {builder.name}/{split}"
+    if not encoded:
+        raise DataError(f"{where} has no examples; re-prepare the dataset.")
+    records = np.empty(len(encoded), dtype=object)
+    records[:] = encoded
+    labels_np = np.concatenate(labels).astype(np.int64)
+    if has_id:
+        order = original_order(ids, where)
+        records, labels_np = records[order], labels_np[order]
+    if cache:
+        _RECORD_CACHE[key] = (records, labels_np)
+    return records, labels_np
+
+
+def _decode_all(records: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3]: `decode_image` of each encoded image (JPEG exactly as PIL), in
+    order, decoded in parallel."""
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(records.tolist(), tf.string))
+    ds = ds.map(decode_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return np.concatenate(list(ds.batch(4096).as_numpy_iterator()))
+
+
+def in_memory_split(
+    builder: Any,
+    split: str,
+    *,
+    cache: bool,
+    select: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> IndexedSplit:
+    """A small TFDS split decoded into memory, in release order: the examples at positions
+    `select(labels)` (e.g. the long-tailed subset; every example when None), and only their
+    images decoded, so the storage holds exactly them (example i is `images[i]`)."""
+    records, labels = _encoded_records(builder, split, cache=cache)
+    keep = np.arange(len(labels)) if select is None else np.asarray(select(labels), np.int64)
+    return IndexedSplit(
+        labels=labels[keep],
+        rows=np.arange(len(keep), dtype=np.int64),
+        images=_decode_all(records[keep]),
+    )
 
 
 def load_tfds_arrays(builder: Any, split: str, *, cache: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes a small TFDS split into uint8 images and int64 labels in the original order.
-
-    JPEG-stored images are decoded with INTEGER_ACCURATE (pixel-identical to PIL), not TFDS's
-    default fast decoder. With `cache`, decoded arrays are kept for the life of the process.
-    """
-    key = (str(builder.data_dir), builder.name, split)
-    if key in _ARRAY_CACHE:
-        return _ARRAY_CACHE[key]
-    features = builder.info.features
-    jpeg = getattr(features["image"], "encoding_format", None) == "jpeg"
-    decoders = {"image": tfds.decode.SkipDecoding()} if jpeg else None
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
-    has_id = "id" in features
-
-    def select(ex: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        image = decode_image(ex["image"]) if jpeg else ex["image"]
-        return image, ex["label"], ex["id"] if has_id else tf.constant("")
-
-    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
-    images, labels, ids = [], [], []
-    for image, label, ident in ds.as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
-        ids.extend(i.decode() for i in ident)
-    where = f"TFDS {builder.name}/{split}"
-    if not images:
-        raise DataError(f"{where} has no examples; re-prepare the dataset.")
-    images_np, labels_np = np.concatenate(images), np.concatenate(labels).astype(np.int64)
-    if has_id:
-        order = original_order(ids, where)
-        images_np, labels_np = images_np[order], labels_np[order]
-    if cache:
-        _ARRAY_CACHE[key] = (images_np, labels_np)
-    return images_np, labels_np
-
-
-def in_memory_split(builder: Any, split: str, *, cache: bool) -> IndexedSplit:
-    """A small TFDS split decoded into memory, in its original order."""
-    images, labels = load_tfds_arrays(builder, split, cache=cache)
-    return IndexedSplit(labels=labels, rows=np.arange(len(labels), dtype=np.int64), images=images)
+    """Every image of a small TFDS split decoded (uint8 [N, H, W, 3]) and its labels (int64
+    [N]), in release order; `cache` keeps the encoded records for the process."""
+    whole = in_memory_split(builder, split, cache=cache)
+    return whole.images, whole.labels
 
 
 def match_key(name: str, patterns: Sequence[str]) -> str:
