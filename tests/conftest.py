@@ -7,19 +7,25 @@ import socket
 
 import pytest
 
-from tests.xla_env import FAST_COMPILE
-
-# In this process and the programs the tests start, compile without LLVM's expensive passes
-# (tests/xla_env.py says why); 8 host devices unless XLA_FLAGS is set already.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# In this process, compile without LLVM's expensive passes: the tests' programs are tiny, so
+# compiling dominates their time and unoptimised code runs them just as fast. The flags are
+# read once, when JAX's CPU backend starts (below); subprocesses get the plain flags back.
+_PLAIN_XLA_FLAGS = os.environ["XLA_FLAGS"]
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS") or "--xla_force_host_platform_device_count=8", FAST_COMPILE]
+    [
+        _PLAIN_XLA_FLAGS,
+        "--xla_backend_optimization_level=0",
+        "--xla_llvm_disable_expensive_passes=true",
+    ]
 )
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (after the flags above)
 
-jax.devices()  # starts the CPU backend with these flags
+jax.devices()  # starts the CPU backend with the fast-compile flags
+os.environ["XLA_FLAGS"] = _PLAIN_XLA_FLAGS
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHARED_TFDS = _REPO.parent / "shared" / "tensorflow_datasets"

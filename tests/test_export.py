@@ -27,7 +27,6 @@ from ncl_jax.errors import ConfigError
 from ncl_jax.training import checkpointing
 from ncl_jax.training.checkpointing import RunCheckpoints
 from tests.tiny import IMAGE, NUM_CLASSES, class_counts, tiny_config
-from tests.xla_env import xla_flags
 
 NAMES = [f"name{i}" for i in range(NUM_CLASSES)]
 NUM_EPOCHS = 3
@@ -381,7 +380,7 @@ def test_export_and_predict_command_lines(run, tmp_path):
     """`python -m ncl_jax.export` writes the artefact; the predict CLI prints top-5 lines and
     imports no TensorFlow, TFDS, Flax, Orbax or ncl_jax model/data/training code."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = xla_flags(1)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     out = tmp_path / "model"
     export_cmd = [sys.executable, "-m", "ncl_jax.export", f"--workdir={run[0]}", f"--out={out}"]
     done = subprocess.run(export_cmd, capture_output=True, text=True, env=env, timeout=300)

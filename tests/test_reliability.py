@@ -21,7 +21,6 @@ from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.training import loop
 from ncl_jax.training.checkpointing import KINDS, RunCheckpoints
 from tests.tiny import smoke_config
-from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
@@ -238,7 +237,7 @@ def test_main_accepts_step_as_its_error_messages_suggest(trained, tmp_path):
     source, _, _ = trained
     workdir = tmp_path / "cli"
     shutil.copytree(source, workdir)
-    env = dict(os.environ, XLA_FLAGS=xla_flags(8))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     cmd = [
         sys.executable,
         "-m",
@@ -259,7 +258,7 @@ def test_main_accepts_step_as_its_error_messages_suggest(trained, tmp_path):
 # ------------------------------------------------------------------ 2: any device count
 def test_evaluation_works_on_any_device_count_with_the_same_accuracies(trained):
     workdir, _, result = trained
-    env = dict(os.environ, XLA_FLAGS=xla_flags(3))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3")
     cmd = [sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -18,7 +18,6 @@ from ncl_jax.analysis import report
 from ncl_jax.errors import ConfigError
 from ncl_jax.training import sweep
 from tests.tiny import config_file
-from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -230,7 +229,7 @@ def test_sweep_of_two_settings_resumes_a_killed_run_and_reports(tmp_path):
     one is about processes (a killed sweep and its training subprocess, resumed)."""
     env = dict(
         os.environ,
-        XLA_FLAGS=xla_flags(2),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),  # the runs share their steps
     )
     workdir = tmp_path / "sweep"

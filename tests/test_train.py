@@ -25,7 +25,6 @@ from ncl_jax.evaluation import plots
 from ncl_jax.evaluation.tail_metrics import TAIL_METRICS
 from ncl_jax.training.checkpointing import RunCheckpoints
 from ncl_jax.training.saved_runs import read_run_config
-from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
@@ -45,7 +44,7 @@ LONGER = ("--config.num_epochs=4", "--config.optim.milestones=(3,)")
 def env(tmp_path_factory):
     """Subprocess environment: 8 CPU devices, offline data, a shared compilation cache."""
     out = dict(os.environ)
-    out["XLA_FLAGS"] = xla_flags(8)
+    out["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     out["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
     out["PYTHONPATH"] = str(REPO)
     return out
@@ -181,7 +180,7 @@ def test_kill_then_sigterm_then_resume_ends_with_identical_parameters(env, unint
 
 def test_evaluate_cli_writes_the_json_contract(env, uninterrupted):
     workdir, summary = uninterrupted
-    env1 = dict(env, XLA_FLAGS=xla_flags(1))  # trained on 8
+    env1 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")  # trained on 8
     result = _run(
         _counting([sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"]), env1
     )
@@ -330,7 +329,9 @@ def test_two_processes_match_one_process(env, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    single = _run(_main_cmd(one_dir, *SHORT), dict(env, XLA_FLAGS=xla_flags(4)))
+    single = _run(
+        _main_cmd(one_dir, *SHORT), dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    )
     two_out, two_err = two.communicate(timeout=600)
     assert two.returncode == 0, two_err[-3000:]
     assert single.returncode == 0, single.stderr[-3000:]
