@@ -1,9 +1,12 @@
 """Test setup: 8 fake CPU devices (set before JAX is imported), offline TFDS data, no TF GPU."""
 
+import atexit
 import ipaddress
 import os
 import pathlib
+import shutil
 import socket
+import tempfile
 
 import pytest
 
@@ -26,6 +29,20 @@ import jax  # noqa: E402  (after the flags above)
 
 jax.devices()  # starts the CPU backend with the fast-compile flags
 os.environ["XLA_FLAGS"] = _PLAIN_XLA_FLAGS
+
+# Persistent compilation caches, one pair per test process (each xdist worker), so that the
+# many tests that train the same tiny steps compile each once: a second in-process smoke
+# training took 27 CPU-s without one and 12 with it (docs/performance.md, Tests). Two caches,
+# because JAX's cache key hashes XLA_FLAGS as the environment says when it compiles, which is
+# the plain flags here while this process compiles with the fast-compile ones above: this
+# process's executables must never be served to the programs the tests start. The programs
+# read JAX_COMPILATION_CACHE_DIR from the environment they inherit; this process read it at
+# `import jax`, above, before it was set.
+_CACHES = tempfile.mkdtemp(prefix="ncl_jax_test_caches_")
+atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", os.path.join(_CACHES, "in_process"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_CACHES, "programs")
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHARED_TFDS = _REPO.parent / "shared" / "tensorflow_datasets"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ from ncl_jax.data import augment, datasets, file_check
 from ncl_jax.errors import ConfigError, DataError
 from tests.cli_helpers import one_error_line
 from tests.data_helpers import dataset_config, encode, id_image, write_images
+from tests.programs import run_program
 from tests.tiny import smoke_config
 
 SIZE = 8  # dataset.image_size of the tiny folders; their good images are SIZE x SIZE
@@ -391,7 +391,7 @@ def test_check_dataset_program_prints_each_bad_file_and_exits_nonzero(tmp_path):
         "--config.dataset.image_size=8",
     ]
     env = {**os.environ, "PYTHONPATH": REPO}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = run_program(command, env=env)
     assert done.returncode == 1, done.stderr
     assert done.stdout.splitlines() == [
         f"{tmp_path}/train/c2/1.png is empty (0 bytes)",

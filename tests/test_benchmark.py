@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from ncl_jax.training import host_devices
+from tests.programs import run_program
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED = (
@@ -55,9 +56,7 @@ def _run(
         [sys.executable, "-c", _NO_TF] if block_tf else [sys.executable, "-m", "ncl_jax.benchmark"]
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})}
-    result = subprocess.run(
-        command + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = run_program(command + args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

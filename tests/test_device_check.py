@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -17,6 +16,7 @@ from ncl_jax import cli
 from ncl_jax.errors import ConfigError
 from ncl_jax.perf import device_check as dc
 from ncl_jax.perf import device_grid, device_report, memory_fit
+from tests.programs import run_program
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.00GiB."
@@ -412,7 +412,7 @@ def test_launcher_runs_the_reduced_grid_without_tensorflow_and_refuses_to_overwr
         "XLA_FLAGS": "",
     }
     command = ["bash", str(REPO / "launch" / "device_check.sh"), str(out), "--budget_s=600"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = run_program(command, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "device_check.json").read_text())
     meta = summary["meta"]
@@ -441,7 +441,7 @@ def test_launcher_runs_the_reduced_grid_without_tensorflow_and_refuses_to_overwr
     assert "| ok |" in result.stdout  # the table is printed too
 
     before = (out / "device_check.json").read_text()
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    again = run_program(command, env=env)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "pass --overwrite" in again.stderr

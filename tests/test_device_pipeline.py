@@ -23,6 +23,7 @@ from ncl_jax.data.long_tail import DatasetInfo
 from ncl_jax.data.splits import IndexedSplit
 from ncl_jax.errors import ConfigError, DataError
 from tests.device_helpers import id_images, install_fake_views, read_ids, write_tiny_cache
+from tests.programs import run_program
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SEED, EPOCH = 7, 3
@@ -189,14 +190,7 @@ print("TF_LOADED", "tensorflow" in sys.modules, file=sys.stderr)
 def _run_script(script: str, *args: str, xla_flags: str = "") -> subprocess.CompletedProcess:
     """python -c SCRIPT ARGS in a fresh CPU-only process at the repo root; asserts exit 0."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = run_program([sys.executable, "-c", script, *args], env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

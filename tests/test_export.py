@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -26,6 +25,7 @@ from ncl_jax.deploy import export, predict
 from ncl_jax.errors import ConfigError
 from ncl_jax.training import checkpointing
 from ncl_jax.training.checkpointing import RunCheckpoints
+from tests.programs import run_program
 from tests.tiny import IMAGE, NUM_CLASSES, class_counts, tiny_config
 
 NAMES = [f"name{i}" for i in range(NUM_CLASSES)]
@@ -383,19 +383,13 @@ def test_export_and_predict_command_lines(run, tmp_path):
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     out = tmp_path / "model"
     export_cmd = [sys.executable, "-m", "ncl_jax.export", f"--workdir={run[0]}", f"--out={out}"]
-    done = subprocess.run(export_cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = run_program(export_cmd, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "expert 1 of 3 (top-1 30.00% on test) from best_single/4" in done.stdout
-    again = subprocess.run(export_cmd, capture_output=True, text=True, env=env, timeout=300)
+    again = run_program(export_cmd, env=env)
     assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error: ")
     paths = [_write_png(tmp_path / f"{i}.png", _images(1, seed=i)[0]) for i in range(2)]
-    done = subprocess.run(
-        [sys.executable, "-c", _PREDICT_WRAPPER, f"--model={out}", *paths],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = run_program([sys.executable, "-c", _PREDICT_WRAPPER, f"--model={out}", *paths], env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     modules = json.loads(lines[-1].removeprefix("MODULES "))

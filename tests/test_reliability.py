@@ -6,7 +6,6 @@ import logging
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -20,6 +19,7 @@ from ncl_jax.core.metrics import tree_is_finite
 from ncl_jax.errors import CheckpointError, TrainingDiverged
 from ncl_jax.training import loop
 from ncl_jax.training.checkpointing import KINDS, RunCheckpoints
+from tests.programs import run_program
 from tests.tiny import smoke_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -250,7 +250,7 @@ def test_main_accepts_step_as_its_error_messages_suggest(trained, tmp_path):
         "--config.log_every_steps=100",
         "--step=6",
     ]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = run_program(cmd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 9
 
@@ -260,7 +260,7 @@ def test_evaluation_works_on_any_device_count_with_the_same_accuracies(trained):
     workdir, _, result = trained
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3")
     cmd = [sys.executable, "-m", "ncl_jax.evaluate", f"--workdir={workdir}"]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = run_program(cmd, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((workdir / "eval_9.json").read_text())
     assert report["num_examples"] == 256

@@ -17,6 +17,7 @@ from ncl_jax import report as report_program
 from ncl_jax.analysis import report
 from ncl_jax.errors import ConfigError
 from ncl_jax.training import sweep
+from tests.programs import PROGRAM_TIMEOUT_S, run_program, start_program
 from tests.tiny import config_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -227,11 +228,7 @@ TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
 def test_sweep_of_two_settings_resumes_a_killed_run_and_reports(tmp_path):
     """One seed per setting: crossing seeds and averaging them are the fast tests above; this
     one is about processes (a killed sweep and its training subprocess, resumed)."""
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),  # the runs share their steps
-    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     workdir = tmp_path / "sweep"
     base = [
         sys.executable,
@@ -244,15 +241,14 @@ def test_sweep_of_two_settings_resumes_a_killed_run_and_reports(tmp_path):
         "--config.log_every_steps=100",
     ]
     killed_run = workdir / "loss.hard_ratio=0.2" / "subset0_seed42"
-    first = subprocess.Popen(
+    first = start_program(
         [*base, "--task=0"],
-        cwd=REPO,
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 300
+    deadline = time.time() + PROGRAM_TIMEOUT_S
     while not (killed_run / "checkpoints" / "3").is_dir():
         assert first.poll() is None and time.time() < deadline, "no checkpoint before the kill"
         time.sleep(0.05)
@@ -260,26 +256,19 @@ def test_sweep_of_two_settings_resumes_a_killed_run_and_reports(tmp_path):
     first.wait()
     assert not (killed_run / "result.json").exists()
 
-    listed = subprocess.run([*base, "--list"], cwd=REPO, env=env, capture_output=True, text=True)
+    listed = run_program([*base, "--list"], env=env)
     assert listed.returncode == 0, listed.stderr[-2000:]
     states = [line.split()[0] for line in listed.stdout.strip().splitlines()]
     assert states == ["unfinished", "pending"]
 
-    done = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = run_program(base, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "2 trained, 0 already finished, 0 failed" in done.stdout
     assert "Resuming from" in (killed_run / "train.log").read_text()
-    again = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    again = run_program(base, env=env)
     assert "0 trained, 2 already finished" in again.stdout  # restartable: nothing retrained
 
-    made = subprocess.run(
-        [sys.executable, "-m", "ncl_jax.report", str(workdir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    made = run_program([sys.executable, "-m", "ncl_jax.report", str(workdir)], env=env)
     assert made.returncode == 0, made.stderr[-2000:]
     rows = list(csv.DictReader((workdir / report.REPORT_CSV).open()))
     assert [(r["loss.hard_ratio"], r["runs"]) for r in rows] == [("0.2", "1"), ("0.4", "1")]
@@ -298,12 +287,8 @@ def test_the_convergence_study_script_runs_the_sweeps_it_is_asked_for(tmp_path):
     def study(*rows: str) -> tuple[int, list[str]]:
         calls.write_text("")
         env = {**os.environ, "PYTHON": str(fake)}
-        done = subprocess.run(
-            ["bash", "launch/convergence_study.sh", str(tmp_path / "out"), *rows],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
+        done = run_program(
+            ["bash", "launch/convergence_study.sh", str(tmp_path / "out"), *rows], env=env
         )
         runs = []
         for line in calls.read_text().splitlines():

@@ -25,6 +25,7 @@ from ncl_jax.evaluation import plots
 from ncl_jax.evaluation.tail_metrics import TAIL_METRICS
 from ncl_jax.training.checkpointing import RunCheckpoints
 from ncl_jax.training.saved_runs import read_run_config
+from tests.programs import PROGRAM_TIMEOUT_S, run_program, start_program
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "")
@@ -41,11 +42,11 @@ LONGER = ("--config.num_epochs=4", "--config.optim.milestones=(3,)")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Subprocess environment: 8 CPU devices, offline data, a shared compilation cache."""
+def env():
+    """Subprocess environment: 8 CPU devices, offline data, the programs' compilation cache
+    (conftest)."""
     out = dict(os.environ)
     out["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    out["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
     out["PYTHONPATH"] = str(REPO)
     return out
 
@@ -61,17 +62,15 @@ def _main_cmd(workdir, *overrides):
     ]
 
 
-def _run(cmd, env, timeout=600):
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def _run(cmd, env):
+    return run_program(cmd, env=env)
 
 
 def _start(cmd, env):
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    return start_program(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wait_for_checkpoint(workdir, step, proc, timeout=300):
+def _wait_for_checkpoint(workdir, step, proc, timeout=PROGRAM_TIMEOUT_S):
     """Blocks until <workdir>/checkpoints/<step> is committed (Orbax renames on commit)."""
     path = pathlib.Path(workdir, "checkpoints", str(step))
     deadline = time.time() + timeout
@@ -164,7 +163,7 @@ def test_kill_then_sigterm_then_resume_ends_with_identical_parameters(env, unint
     stopped = _start(_main_cmd(workdir, *LONGER), env)
     _wait_for_checkpoint(workdir, 6, stopped)
     stopped.send_signal(signal.SIGTERM)  # lands mid-epoch 3 (or at its start)
-    assert stopped.wait(timeout=300) == 0
+    assert stopped.wait(timeout=PROGRAM_TIMEOUT_S) == 0
     steps = RunCheckpoints(workdir, read_only=True).steps()
     assert max(steps) < 12, f"SIGTERM did not stop the run early: {steps}"
     for step in steps:  # every kind of checkpoint records whole epochs completed (3 steps each)
@@ -321,9 +320,8 @@ def test_two_processes_match_one_process(env, tmp_path):
         PYTHON=sys.executable,
         PORT=str(23000 + os.getpid() % 2000),
     )
-    two = subprocess.Popen(
+    two = start_program(
         ["bash", "launch/local_cpu_multiprocess.sh", "configs/smoke.py", str(two_dir), *SHORT],
-        cwd=REPO,
         env=env2,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -332,7 +330,7 @@ def test_two_processes_match_one_process(env, tmp_path):
     single = _run(
         _main_cmd(one_dir, *SHORT), dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     )
-    two_out, two_err = two.communicate(timeout=600)
+    two_out, two_err = two.communicate(timeout=PROGRAM_TIMEOUT_S)
     assert two.returncode == 0, two_err[-3000:]
     assert single.returncode == 0, single.stderr[-3000:]
     step_two, state_two = _final_state(two_dir)
