@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (set before JAX is imported), offline TFDS data, no TF GPU."""
 
 import atexit
+import collections
 import ipaddress
 import os
 import pathlib
@@ -76,3 +77,14 @@ def _no_network(monkeypatch):
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", loopback_only)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first, each file's tests in their own order. Under
+    `--dist loadfile` (pyproject.toml) a file runs whole on one worker, in this order
+    (`--no-loadscope-reorder` keeps xdist from sorting files by test count instead): the long
+    end-to-end files start at once and the many short files fill the end, where one worker
+    used to run tests/test_train.py alone for minutes while the other idled."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    first_seen = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))

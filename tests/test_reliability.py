@@ -94,6 +94,22 @@ def test_a_blown_up_update_is_never_saved_and_the_message_names_a_finite_checkpo
         loop.train_and_evaluate(config, str(tmp_path))
 
 
+def test_non_finite_loss_ends_the_program_naming_the_step_and_keeps_the_good_checkpoint(
+    tmp_path, capsys
+):
+    """As the program runs it (cli.run_cli): exit status 1 and one last line. Epoch 1 trains
+    normally (checkpoint at step 3); from epoch 2 the rate is 1e31, so the loss of step 3
+    itself is non-finite. Per-step guard reads: the smoke config logs every step."""
+    config = smoke_config(**{"optim.milestones": (2,), "optim.decay_factor": 1e32})
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(lambda: loop.train_and_evaluate(config, str(tmp_path)))
+    assert exit_info.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: step 3 (epoch 2) produced a non-finite"), last
+    assert "newest good checkpoint is step 3" in last, last
+    assert RunCheckpoints(tmp_path, read_only=True).steps() == [3]
+
+
 def _corrupt_at(monkeypatch, at_step, corrupt):
     """Runs `corrupt` on the replicated state just before the step numbered `at_step`."""
     real = loop.pmap_train_step
