@@ -32,8 +32,8 @@ jax.devices()  # starts the CPU backend with the fast-compile flags
 os.environ["XLA_FLAGS"] = _PLAIN_XLA_FLAGS
 
 # Persistent compilation caches, one pair per test process (each xdist worker), so that the
-# many tests that train the same tiny steps compile each once: a second in-process smoke
-# training took 27 CPU-s without one and 12 with it (docs/performance.md, Tests). Two caches,
+# many tests that train the same tiny steps compile each once (measured in docs/performance.md,
+# Tests). Two caches,
 # because JAX's cache key hashes XLA_FLAGS as the environment says when it compiles, which is
 # the plain flags here while this process compiles with the fast-compile ones above: this
 # process's executables must never be served to the programs the tests start. The programs
